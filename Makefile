@@ -1,0 +1,29 @@
+# The README's quick start: `make quickstart` and `make test`. Both set up .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export PETUNE_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup quickstart test test-slow
+
+# One pip command resolves the whole stack (installing pieces later broke transformers; REFERENCE §8).
+# torch==2.13.0 first in the same command takes the CPU wheel on disk instead of a CUDA build.
+$(BIN)/petune: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0 -e '.[test]'
+	touch $@
+
+setup: $(BIN)/petune
+
+quickstart: setup
+	$(BIN)/petune fit --config recipes/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow

@@ -1,0 +1,3 @@
+from pl_petune.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Run records: one plain, JSON-able dict per run, with a schema version.
+
+A record is the only thing statistics and reports read. It carries no torch objects, so ``stats/`` and
+``report`` can run anywhere. Fields (schema 1):
+
+=====================  ===========================================================================
+``schema``             int, :data:`SCHEMA_VERSION`
+``run_key``            deterministic hash of what identifies the run (see :func:`run_key`)
+``status``             ``running`` | ``complete`` | ``failed``
+``task``               registry name, e.g. ``cb``; ``benchmark`` (``glue``/``super_glue``); ``band``
+``method``             registry name, e.g. ``finetune``, ``lora``
+``protocol``           ``train_split`` | ``petuning`` | ``dev_split`` | ``leaky``; ``leaky`` bool
+``init_seed``          seed of new parameters (head, PET layers, masks)
+``data_seed``          seed of split (when seeded), data order and dropout
+``seed_mode``          ``separate`` or ``tied`` (PETuning's one seed for both)
+``hparams``            dict of the method/optimiser/data hyper-parameters
+``primary_metric``     the task's headline metric name without prefix, e.g. ``f1_macro``
+``higher_is_better``   direction of ``primary_metric`` (data, not code)
+``monitor``            the dev metric used for early stopping/selection, e.g. ``dev/loss``
+``best_dev``           value of ``monitor`` at the selected checkpoint; ``best_epoch``
+``dev_metrics``        dict of dev metrics of the selected checkpoint (``dev/...``)
+``test_metrics``       dict of held-out metrics of the selected checkpoint (``test/...``)
+``epochs``, ``steps``  run length; ``train_size``, ``dev_size``, ``test_size``
+``trainable_params``   count; ``total_params`` (denominator, see ``param_denominator``)
+``trainable_percent``  100 * trainable / total
+``wall_time_s``        seconds for fit + test
+``versions``           dict: pl_petune, torch, transformers, lightning, ...; ``git_rev``
+``created_at``         ISO-8601 UTC
+``extra``              free dict (stage plan of two-stage methods, OOD metrics, ...)
+=====================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "complete", "failed")
+REQUIRED_COMPLETE = (
+    "run_key", "task", "method", "protocol", "init_seed", "data_seed", "primary_metric",
+    "higher_is_better", "test_metrics",
+)
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema."""
+
+
+def run_key(identity: Mapping[str, Any]) -> str:
+    """Deterministic 16-hex key of a run's identity (task, method, protocol, seeds, hyper-parameters).
+
+    Keys are order-independent (JSON with sorted keys), so the same run spelled twice gets the same key.
+    """
+    blob = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def validate(record: Mapping[str, Any]) -> None:
+    """Raise :class:`RecordError` naming the first problem with ``record``."""
+    schema = record.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise RecordError(f"record schema {schema!r} is not supported; this pl_petune reads schema {SCHEMA_VERSION}")
+    status = record.get("status")
+    if status not in STATUSES:
+        raise RecordError(f"record status {status!r} unknown; allowed: {', '.join(STATUSES)}")
+    if status == "complete":
+        missing = [k for k in REQUIRED_COMPLETE if k not in record]
+        if missing:
+            raise RecordError(f"complete record {record.get('run_key')!r} lacks {', '.join(missing)}")
+    try:
+        json.dumps(record, allow_nan=True)
+    except TypeError as err:
+        raise RecordError(f"record is not JSON-able: {err}") from None
+
+
+def test_score(record: Mapping[str, Any]) -> float:
+    """The headline held-out score of a record (``test/<primary_metric>``)."""
+    return float(record["test_metrics"][f"test/{record['primary_metric']}"])
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_revision(path: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the working tree at ``path`` (``+dirty`` when it has uncommitted changes)."""
+    cwd = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("pl-petune", "torch", "transformers", "lightning", "datasets", "peft", "adapters",
+                 "torchmetrics", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
