@@ -155,7 +155,7 @@ def spread(a: Analysis, path: str | os.PathLike, x: str = "steps") -> None:
 def upper_bounds(a: Analysis, path: str | os.PathLike) -> None:
     """Figure 3: bars of best-of-seeds relative to the baseline (percent, positive = better), per task."""
     cols = [c for c in a.columns if a.baseline_of.get(c) is not None]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(a.tasks) * max(1, len(cols)) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.35 * len(a.tasks) * max(1, len(cols)) + 2)), 4.0))
     colors = _colors(a.columns)
     width = 0.8 / max(1, len(cols))
     for j, c in enumerate(cols):
