@@ -41,6 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from pl_petune.errors import PetuneError
+
 SCHEMA_VERSION = 1
 STATUSES = ("running", "complete", "failed")
 REQUIRED_COMPLETE = (
@@ -49,7 +51,7 @@ REQUIRED_COMPLETE = (
 )
 
 
-class RecordError(ValueError):
+class RecordError(PetuneError, ValueError):
     """A record that does not follow the schema."""
 
 

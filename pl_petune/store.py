@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from pl_petune.errors import PetuneError
 from pl_petune.records import SCHEMA_VERSION, RecordError, validate
 
 STORE_SCHEMA = 1
@@ -27,7 +28,7 @@ ROW_STATUSES = ("pending", "running", "complete", "failed")
 STALE_AFTER_S = 6 * 3600
 
 
-class StoreError(RuntimeError):
+class StoreError(PetuneError, RuntimeError):
     """A results store that cannot be used (newer schema, not a store, ...)."""
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from pl_petune.errors import ConfigError
+
 BANDS = ("low", "medium", "high")
 
 
@@ -227,7 +229,7 @@ def get_task(name: str) -> TaskSpec:
         ValueError: unknown task, naming the known ones.
     """
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 

@@ -1,0 +1,278 @@
+"""The task data module: load → protocol split → tokenize once → dataloaders with dynamic padding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from pl_petune.backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
+from pl_petune.data.protocols import LEAKY, Split, check_protocol, limit_train, make_split
+from pl_petune.data.sources import load_split, resolve_data_dir, source_id
+from pl_petune.errors import ConfigError, PetuneError
+from pl_petune.tasks import get_task
+
+ENV_CACHE = "PETUNE_CACHE"
+FORMAT_VERSION = 1  # bump when formatting/tokenization changes, to invalidate caches
+
+
+class HeldOutAccessError(PetuneError, RuntimeError):
+    """The held-out split was asked for before fit ended under a non-leaky protocol."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "pl_petune")) / "tokenized"
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A shuffling sampler whose order is a pure function of (seed, epoch).
+
+    Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the same order as an
+    uninterrupted one (a ``torch.Generator`` would restart from its seed on resume).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return iter(rng.permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Collator:
+    """Pads a batch to its longest sequence (or to ``max_length`` for PETuning's parity)."""
+
+    def __init__(self, pad_id: int, pad_to: int | None = None) -> None:
+        self.pad_id, self.pad_to = pad_id, pad_to
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        mc = isinstance(rows[0]["input_ids"][0], list)
+        seqs = [s for r in rows for s in (r["input_ids"] if mc else [r["input_ids"]])]
+        width = self.pad_to or max(len(s) for s in seqs)
+        out: dict[str, torch.Tensor] = {}
+        for key, pad in (("input_ids", self.pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if key not in rows[0]:
+                continue
+            vals = [s for r in rows for s in (r[key] if mc else [r[key]])]
+            t = torch.full((len(vals), width), pad, dtype=torch.long)
+            for i, v in enumerate(vals):
+                t[i, : len(v)] = torch.tensor(v[:width], dtype=torch.long)
+            out[key] = t.view(len(rows), -1, width) if mc else t
+        labels = [r["label"] for r in rows]
+        out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+        return out
+
+
+class TaskDataModule(L.LightningDataModule):
+    """One task under one protocol, tokenized once and cached.
+
+    Args:
+        task: registry name (``petune`` lists them in the error for an unknown one), e.g. ``cb``, ``rte``.
+        data_dir: folder with ``glue/`` and ``super_glue/`` in the official layouts; ``None`` reads
+            ``$PETUNE_DATA_DIR``, and if that is unset too, the Hugging Face hub.
+        protocol: ``train_split`` (fair, default), ``petuning``, ``dev_split`` or ``leaky``.
+        data_seed: seeds the protocol's split (when seeded), the training order and (via the CLI) dropout.
+        tokenizer: backbone name or path whose tokenizer to use (the CLI links it to ``model.backbone``).
+        max_length: truncation length (PETuning: 128).
+        batch_size: training batch size; ``eval_batch_size`` for dev and test.
+        dev_fraction: share of train carved out as dev (``train_split``, ``petuning``).
+        train_limit: keep this many training examples (seeded, stratified), for data-size studies.
+        pad_to_max_length: pad every batch to ``max_length`` (PETuning parity) instead of dynamically.
+        num_workers: dataloader workers.
+    """
+
+    def __init__(
+        self,
+        task: str = "cb",
+        data_dir: Optional[str] = None,
+        protocol: str = "train_split",
+        data_seed: int = 42,
+        tokenizer: str = DEFAULT_BACKBONE,
+        max_length: int = 128,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        dev_fraction: float = 0.1,
+        train_limit: Optional[int] = None,
+        pad_to_max_length: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.spec = get_task(task)
+        self.task = task
+        self.data_dir = data_dir
+        self.protocol = check_protocol(protocol)
+        self.data_seed = int(data_seed)
+        self.tokenizer_name = tokenizer
+        if max_length < 8:
+            raise ConfigError(f"max_length {max_length} is too short; use at least 8")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.dev_fraction = dev_fraction
+        self.train_limit = train_limit
+        self.pad_to_max_length = pad_to_max_length
+        self.num_workers = num_workers
+        self._tok = None
+        self._official: dict[str, Any] = {}
+        self._split: Split | None = None
+        self._heldout_locked = False
+        self.datasets: dict[str, Any] = {}
+
+    # ---- the held-out guard --------------------------------------------------------------------
+    @property
+    def leaky(self) -> bool:
+        return self.protocol in LEAKY
+
+    def _guard_heldout(self) -> None:
+        if self.leaky:
+            return
+        fitting = self._trainer_fitting()
+        if self._heldout_locked or fitting:
+            raise HeldOutAccessError(
+                f"the held-out test split of {self.task} was requested before fit ended under protocol "
+                f"{self.protocol!r}; test only after fit (petune fit does it once, with the best checkpoint)"
+            )
+
+    def _trainer_fitting(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return False
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return trainer.state.fn == TrainerFn.FITTING
+
+    # ---- data -------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            self._tok = load_tokenizer(self.tokenizer_name)
+        return self._tok
+
+    def official(self, split: str):
+        """The tokenized official split (``train`` or ``dev``), from the cache when possible."""
+        if split not in self._official:
+            self._official[split] = self._tokenized(split)
+        return self._official[split]
+
+    def _cache_key(self, split: str) -> str:
+        root = resolve_data_dir(self.data_dir)
+        ident = {"task": self.spec.name, "source": source_id(self.spec, split, root),
+                 "tokenizer": resolve_backbone(self.tokenizer_name), "max_length": self.max_length,
+                 "format": FORMAT_VERSION}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+    def _tokenized(self, split: str):
+        import datasets
+
+        datasets.disable_progress_bars()
+        path = cache_root() / f"{self.spec.name}-{split}-{self._cache_key(split)}"
+        if (path / "dataset_info.json").exists():
+            return datasets.load_from_disk(str(path))
+        raw = load_split(self.spec, split, self.data_dir)
+        tok, fmt, max_len = self.tokenizer, self.spec.format, self.max_length
+
+        def encode(batch: dict[str, list]) -> dict[str, list]:
+            rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+            out: dict[str, list] = {}
+            for row in rows:
+                pairs = fmt(row)
+                if isinstance(pairs, list):  # multiple choice: one encoding per choice
+                    enc = tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_len)
+                else:
+                    a, b = pairs
+                    enc = tok(a, b, truncation=True, max_length=max_len)
+                for k, v in enc.items():
+                    out.setdefault(k, []).append(v)
+            return out
+
+        ds = raw.map(encode, batched=True, remove_columns=[c for c in raw.column_names if c != "label"])
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        ds.save_to_disk(str(tmp))
+        try:
+            os.replace(tmp, path)  # atomic: a half-written cache is never read
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; use theirs
+        return datasets.load_from_disk(str(path))
+
+    def split(self) -> Split:
+        """The protocol's index split (computed from labels only; the test rows are not materialised)."""
+        if self._split is None:
+            train_labels = self.official("train")["label"]
+            dev_labels = self.official("dev")["label"]
+            regression = self.spec.kind == "regression"
+            split = make_split(self.protocol, train_labels, dev_labels, self.data_seed, self.dev_fraction, regression)
+            src, _ = split.parts["train"]
+            self._split = limit_train(split, self.train_limit, self.data_seed, self.official(src)["label"])
+        return self._split
+
+    def _part(self, name: str):
+        src, idx = self.split().parts[name]
+        return self.official(src).select(idx.tolist())
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._heldout_locked = True
+            self.datasets["train"] = self._part("train")
+            self.datasets["dev"] = self._part("dev")
+        elif stage == "validate":
+            self.datasets["dev"] = self._part("dev")
+        # the test split is built in test_dataloader(), behind the guard
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._heldout_locked = False  # fit has ended: the held-out split may be read once
+
+    def unlock_heldout(self) -> None:
+        """Declare that fit has ended (for callers that run fit outside this process)."""
+        self._heldout_locked = False
+
+    def _collator(self) -> Collator:
+        return Collator(self.tokenizer.pad_token_id or 0, self.max_length if self.pad_to_max_length else None)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets.get("train") or self._part("train")
+        return DataLoader(ds, batch_size=self.batch_size, sampler=EpochSeededSampler(len(ds), self.data_seed),
+                          collate_fn=self._collator(), num_workers=self.num_workers, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = self.datasets.get("dev") or self._part("dev")
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collator(),
+                          num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        self._guard_heldout()
+        ds = self._part("test")
+        self.datasets["test"] = ds
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collator(),
+                          num_workers=self.num_workers)
+
+    # ---- facts for records --------------------------------------------------------------------------
+    def split_sizes(self) -> dict[str, int]:
+        return self.split().sizes()
+
+    def majority_baseline(self) -> dict[str, float] | None:
+        """Scores of always predicting the train majority class on the test split (classification only)."""
+        if self.spec.kind != "classification":
+            return None
+        from pl_petune.metrics import score_predictions
+
+        train = np.asarray(self._part("train")["label"])
+        majority = int(np.bincount(train).argmax())
+        test = np.asarray(self.datasets["test"]["label"] if "test" in self.datasets else self._part("test")["label"])
+        return score_predictions(self.spec, np.full_like(test, majority), test)

