@@ -208,7 +208,7 @@ class PetuneCLI(LightningCLI):
             **{k: report[k] for k in ("trainable_params", "total_params", "trainable_percent", "param_denominator")},
             "versions": versions(), "git_rev": git_revision(), "created_at": now_iso(),
             "run_dir": str(info["dir"]), "resumed": info["resumed"],
-            "extra": dict(getattr(model, "record_extra", lambda: {})()),
+            "extra": self._extras(),
         }
         if status == "complete":
             ckpt_cb = trainer.checkpoint_callback
@@ -222,6 +222,15 @@ class PetuneCLI(LightningCLI):
             })
             rec["extra"]["best_checkpoint"] = ckpt_cb.best_model_path
         return rec
+
+    def _extras(self) -> dict[str, Any]:
+        """What the module and callbacks add to the record (``record_extra()``: stage plans, solvers, ...)."""
+        extra: dict[str, Any] = {}
+        for obj in [self.model, *self.trainer.callbacks]:
+            fn = getattr(obj, "record_extra", None)
+            if callable(fn):
+                extra.update(fn())
+        return extra
 
     def _best_epoch(self) -> int | None:
         ckpt = self.trainer.checkpoint_callback
@@ -294,6 +303,31 @@ def make_cli(argv: list[str], run: bool = True) -> PetuneCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "yaml"},
     )
+
+
+class _ParseOnlyCLI(PetuneCLI):
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def parse_only(argv: list[str]):
+    """Parse (and type-check) a ``petune fit|validate|test ...`` argv without building anything.
+
+    Returns the parsed config namespace. Raises ``SystemExit(2)`` on a parse error, as the CLI would.
+    Used by sweep validation to prove every expanded run's command parses.
+    """
+    cli = _ParseOnlyCLI(
+        PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
+        seed_everything_default=False, args=argv, auto_configure_optimizers=False,
+        parser_kwargs={"parser_mode": "yaml"},
+    )
+    return cli.config
 
 
 def run_lightning_cli(argv: list[str]) -> int:
