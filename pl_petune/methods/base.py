@@ -164,12 +164,17 @@ class PetuneModule(L.LightningModule):
                              and not self._is_added(n))
         added = sum(p.numel() for n, p in self.named_parameters() if self._is_added(n))
         head = sum(p.numel() for p in self.head.parameters())
+        backbone_trainable = sum(p.numel() for n, p in self.named_parameters() if p.requires_grad
+                                 and n.startswith("backbone.") and not self._is_added(n))
         return {
             "trainable_params": trainable,
             "total_params": backbone_total,
             "trainable_percent": 100.0 * trainable / backbone_total,
             "head_params": head,
             "added_params": added,
+            # the module-wise paper's %Param: pretrained backbone entries that train (no head, no PET layers)
+            "trainable_backbone_params": backbone_trainable,
+            "trainable_backbone_percent": 100.0 * backbone_trainable / backbone_total,
             "param_denominator": "pretrained backbone parameters (as loaded, pooler included; head and "
                                  "added PET parameters excluded)",
         }
