@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pl_petune.data.module import TaskDataModule
 from pl_petune.errors import ConfigError, PetuneError
@@ -78,8 +78,20 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+class ArgumentsError(PetuneError):
+    """A command line or recipe that does not parse (condensed to one line)."""
+
+
+class _Parser(LightningArgumentParser):
+    """Lightning's parser whose errors become one line (the bad key and value) instead of usage + report."""
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        raise ArgumentsError(_one_line(message))
+
+
 class PetuneCLI(LightningCLI):
     """The Lightning CLI, plus the protocol: dev-only stopping, one test pass, a run record."""
+
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.task", "model.init_args.task")
@@ -99,26 +111,10 @@ class PetuneCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run = cfg.run
-        if run.seed is not None:
-            cfg.data.data_seed = run.seed
-            cfg.model.init_args.init_seed = run.seed
-        from pl_petune.tasks import get_task
-
-        spec = get_task(cfg.data.task)
-        monitor = cfg.early_stopping.monitor
-        if not monitor.startswith("dev/"):
-            raise ConfigError(f"early_stopping.monitor {monitor!r} is not a development-split metric; allowed: "
-                              "dev/loss, " + ", ".join(f"dev/{m.name}" for m in spec.metrics))
-        try:
-            higher = spec.direction(monitor)
-        except KeyError as err:
-            raise ConfigError(f"early_stopping.monitor {monitor!r} is never logged for task {spec.name}; logged: "
-                              "dev/loss, " + ", ".join(f"dev/{m.name}" for m in spec.metrics)) from err
-        cfg.early_stopping.mode = cfg.checkpoint.mode = "max" if higher else "min"
+        spec = _apply_protocol(cfg)
         if self.subcommand != "fit":
             return
-        identity = {k: v for k, v in _flat(_to_dict(cfg)).items()
-                    if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)}
+        identity = _identity(cfg)
         key = run_key(identity)
         method = _method_name(cfg.model.class_path)
         run_dir = Path(run.out_dir) / spec.name / method / key
@@ -274,6 +270,60 @@ class DevHistory(Callback):
         self.history = {int(k): v for k, v in state_dict.get("history", {}).items()}
 
 
+def _apply_protocol(cfg: Any):
+    """Apply the tied seed and the monitor's direction to a parsed ``fit`` config; return the task spec."""
+    run = cfg.run
+    if run.seed is not None:
+        cfg.data.data_seed = run.seed
+        cfg.model.init_args.init_seed = run.seed
+    from pl_petune.tasks import get_task
+
+    spec = get_task(cfg.data.task)
+    monitor = cfg.early_stopping.monitor
+    if not monitor.startswith("dev/"):
+        raise ConfigError(f"early_stopping.monitor {monitor!r} is not a development-split metric; allowed: "
+                          "dev/loss, " + ", ".join(f"dev/{m.name}" for m in spec.metrics))
+    try:
+        higher = spec.direction(monitor)
+    except KeyError as err:
+        raise ConfigError(f"early_stopping.monitor {monitor!r} is never logged for task {spec.name}; logged: "
+                          "dev/loss, " + ", ".join(f"dev/{m.name}" for m in spec.metrics)) from err
+    cfg.early_stopping.mode = cfg.checkpoint.mode = "max" if higher else "min"
+    return spec
+
+
+def _identity(cfg: Any) -> dict[str, Any]:
+    """The config keys that identify a run (everything but :data:`NON_IDENTITY`), flattened."""
+    return {k: v for k, v in _flat(_to_dict(cfg)).items()
+            if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)}
+
+
+def run_key_for(argv: list[str], config: Any = None) -> str:
+    """The run key ``petune <argv>`` would give its run, computed without building or training anything.
+
+    Sweep runners use it to skip or claim a run before launching it. It applies the same rule as ``petune
+    fit``: the tied seed, the monitor's direction, then a hash of every identifying config key.
+
+    Args:
+        argv: a ``fit --config <recipe> <overrides>`` argv, as given to ``petune``.
+        config: the namespace :func:`parse_only` already returned for ``argv`` (saves parsing twice); it is
+            modified in place as ``petune fit`` would modify it.
+
+    Returns:
+        The 16-hex run key, the last folder of ``<run.out_dir>/<task>/<method>/<key>/``.
+
+    Raises:
+        SystemExit: code 2, when ``argv`` does not parse (as the CLI would).
+        ConfigError: the task or the monitor is unknown, or the subcommand is not ``fit``.
+    """
+    cfg = parse_only(argv) if config is None else config
+    if cfg.get("subcommand") != "fit":
+        raise ConfigError(f"run keys exist for 'fit' runs only, got subcommand {cfg.get('subcommand')!r}")
+    fit = cfg["fit"]
+    _apply_protocol(fit)
+    return run_key(_identity(fit))
+
+
 def _to_dict(ns: Any) -> dict[str, Any]:
     from jsonargparse import Namespace
 
@@ -301,7 +351,7 @@ def make_cli(argv: list[str], run: bool = True) -> PetuneCLI:
         PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
         seed_everything_default=False, args=argv, run=run, auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "yaml"},
+        parser_kwargs={"parser_mode": "yaml"}, parser_class=_Parser,
     )
 
 
@@ -325,15 +375,42 @@ def parse_only(argv: list[str]):
     cli = _ParseOnlyCLI(
         PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
         seed_everything_default=False, args=argv, auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "yaml"},
+        parser_kwargs={"parser_mode": "yaml"}, parser_class=_Parser,
     )
     return cli.config
+
+
+def _one_line(message: str) -> str:
+    """Condense jsonargparse's nested error report to one line naming the bad key and value."""
+    import re
+
+    from pl_petune.methods import METHODS
+
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    text = " ".join(lines)
+    m = re.search(r"NestedArg\(key='class_path', val='([^']+)'\)", text)
+    if m:
+        known = ", ".join(f"pl_petune.methods.{c.__name__} ({n})" for n, c in sorted(METHODS.items()))
+        return f"unknown method class {m.group(1)!r}; known: {known}"
+    key = re.search(r'Parser key "([^"]+)"', text)
+    nested = re.search(r"NestedArg\(key='([^']+)', val='([^']*)'\)", text)
+    detail = next((ln.lstrip("- ") for ln in lines if ("Expected a" in ln or "not accepted" in ln
+                   or "does not exist" in ln.lower()) and "NoneType" not in ln), "")
+    where = key.group(1) if key else ""
+    if nested and where:
+        where = f"{where}.{nested.group(1)}" if not where.endswith(nested.group(1)) else where
+    if where and detail:
+        return f"{where}: {detail}"
+    return lines[0] if len(lines) == 1 else (lines[0] + " " + detail).strip()
 
 
 def run_lightning_cli(argv: list[str]) -> int:
     """Run ``petune fit|validate|test``; a user-fixable error prints one line and returns 2."""
     for var in ("TOKENIZERS_PARALLELISM",):
         os.environ.setdefault(var, "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     try:
         make_cli(argv)
     except PetuneError as err:
