@@ -78,6 +78,10 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# The run whose "running" record this process wrote; marked failed if the process fails before completing.
+_ACTIVE: dict[str, Any] = {}
+
+
 class ArgumentsError(PetuneError):
     """A command line or recipe that does not parse (condensed to one line)."""
 
@@ -144,6 +148,7 @@ class PetuneCLI(LightningCLI):
               f"({report['trainable_percent']:.3f}%; denominator: {report['param_denominator']})", file=sys.stderr)
         record = self._record(status="running")
         info["store"].put(record)
+        _ACTIVE.update(store=info["store"], key=info["key"])
         write_json(info["dir"] / "record.json", record)
 
     def after_fit(self) -> None:
@@ -169,6 +174,7 @@ class PetuneCLI(LightningCLI):
             exp = getattr(logger, "experiment", None)
             if type(logger).__name__ == "WandbLogger" and exp is not None:
                 exp.summary.update({k: v for k, v in _flat(record).items() if isinstance(v, (int, float, str))})
+        _ACTIVE.clear()
         if not self.config.fit.run.keep_checkpoints:
             shutil.rmtree(info["dir"] / "checkpoints", ignore_errors=True)
         self._print_summary(record)
@@ -411,9 +417,17 @@ def run_lightning_cli(argv: list[str]) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    _ACTIVE.clear()
     try:
         make_cli(argv)
-    except PetuneError as err:
-        print(f"petune {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
+    except SystemExit as exit_:  # --help, --print_config
+        return int(exit_.code or 0)
+    except BaseException as err:
+        if _ACTIVE:
+            _ACTIVE["store"].mark_failed(_ACTIVE["key"], f"{type(err).__name__}: {err}")
+            _ACTIVE.clear()
+        if isinstance(err, PetuneError):
+            print(f"petune {argv[0]}: error: {err}", file=sys.stderr)
+            return 2
+        raise
     return 0

@@ -113,6 +113,7 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         self.spec = get_task(task)
         self.task = task
+        resolve_data_dir(data_dir)  # a missing folder is refused now, not after the model is built
         self.data_dir = data_dir
         self.protocol = check_protocol(protocol)
         self.data_seed = int(data_seed)

@@ -1,0 +1,89 @@
+"""The data module: tokenize once, dynamic padding, data-order seed, and the held-out guard."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from pl_petune.data.module import EpochSeededSampler, HeldOutAccessError, TaskDataModule, cache_root
+
+
+def _dm(tiny_bert, data_dir, **kw):
+    return TaskDataModule(**{"task": "cb", "data_dir": data_dir, "tokenizer": tiny_bert, "data_seed": 7, **kw})
+
+
+def test_heldout_guard_before_fit_end(tiny_bert, data_dir):
+    dm = _dm(tiny_bert, data_dir)
+    dm.setup("fit")
+    with pytest.raises(HeldOutAccessError, match="before fit ended under protocol 'train_split'"):
+        dm.test_dataloader()
+    dm.teardown("fit")  # Lightning calls this when fit has ended
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["input_ids"].shape[0] == 32
+
+
+def test_heldout_guard_inside_a_running_fit(tiny_bert, data_dir):
+    """A callback that peeks at the test split during fit is stopped."""
+    from pl_petune.methods import FullFinetune
+
+    seen = {}
+
+    class Peek(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            try:
+                trainer.datamodule.test_dataloader()
+            except HeldOutAccessError as err:
+                seen["err"] = str(err)
+                raise
+
+    dm = _dm(tiny_bert, data_dir, train_limit=32)
+    model = FullFinetune(task="cb", backbone=tiny_bert)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[Peek()],
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(HeldOutAccessError):
+        trainer.fit(model, datamodule=dm)
+    assert "requested before fit ended" in seen["err"]
+
+
+def test_leaky_protocol_allows_dev_as_test(tiny_bert, data_dir):
+    dm = _dm(tiny_bert, data_dir, protocol="leaky")
+    dm.setup("fit")
+    assert dm.test_dataloader() is not None
+    assert dm.split_sizes() == {"train": 250, "dev": 56, "test": 56}
+
+
+def test_tokenized_once_and_reused(tiny_bert, data_dir):
+    dm = _dm(tiny_bert, data_dir)
+    dm.setup("fit")
+    entries = sorted(p.name for p in cache_root().iterdir() if p.name.startswith("cb-"))
+    assert len(entries) == 2  # one cache per official split
+    dm2 = _dm(tiny_bert, data_dir, data_seed=8, protocol="petuning")  # another seed and protocol
+    dm2.setup("fit")
+    assert sorted(p.name for p in cache_root().iterdir() if p.name.startswith("cb-")) == entries
+
+
+def test_dynamic_padding_and_data_seed_order(tiny_bert, data_dir):
+    dm = _dm(tiny_bert, data_dir)
+    dm.setup("fit")
+    lengths = [b["attention_mask"].sum(1).max().item() for b in dm.train_dataloader()]
+    widths = [b["input_ids"].shape[1] for b in dm.train_dataloader()]
+    assert widths == lengths and len(set(widths)) > 1  # each batch is as wide as its longest row
+    fixed = _dm(tiny_bert, data_dir, pad_to_max_length=True, max_length=64)
+    fixed.setup("fit")
+    assert {b["input_ids"].shape[1] for b in fixed.train_dataloader()} == {64}
+
+    def order(seed, epoch):
+        s = EpochSeededSampler(100, seed)
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert order(1, 0) == order(1, 0) and order(1, 0) != order(2, 0) and order(1, 0) != order(1, 1)
+
+
+def test_copa_is_multiple_choice(tiny_bert, data_dir):
+    dm = TaskDataModule(task="copa", data_dir=data_dir, tokenizer=tiny_bert)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].dim() == 3 and batch["input_ids"].shape[1] == 2
+    assert batch["labels"].dtype == torch.long
