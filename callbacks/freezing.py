@@ -1,0 +1,269 @@
+"""Freezing with an optional unfreeze schedule, in Lightning's ``BaseFinetuning`` convention, resume- and DDP-safe.
+
+Differences from ``lightning.pytorch.callbacks.BaseFinetuning``, each a known upstream pitfall:
+
+- parameters are chosen by :class:`~pl_petune.callbacks.ParamSelector` (name patterns, module types,
+  bias-only, layer ranges), resolved to names, and new param groups take parameters by *identity*
+  (``BaseFinetuning.filter_on_optimizer`` compares values with ``torch.equal``, so a zero-initialised tensor
+  equal to one already in the optimizer is silently dropped);
+- the callback's state holds the trainable names and the groups it added, and a resume re-applies
+  ``requires_grad`` exactly (Lightning-AI/pytorch-lightning#21901) and rebuilds the groups before the
+  optimizer state is loaded;
+- freezing is decided in ``setup`` (before DDP wraps the model), and every later flip re-creates the DDP
+  wrapper, so all ranks reduce the same gradients (Lightning-AI/pytorch-lightning#20340);
+- a group added mid-fit is also added to the scheduler, which otherwise never schedules it (F3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+from typing_extensions import override
+
+from pl_petune.callbacks._common import (
+    CallbackMisuse,
+    SelectorLike,
+    as_selector,
+    check_strategy,
+    describe,
+    extend_scheduler,
+    lambda_factor,
+    optimizer_param_ids,
+    resolve_union,
+    rewrap_ddp,
+)
+from pl_petune.callbacks.selection import DEFAULT_LAYER_PATTERN, ParamSelector, SelectionError
+
+_STEP_KEYS = ("epoch", "lr")
+
+
+class Freezing(Callback):
+    r"""Freeze parameters before training and unfreeze them on a schedule.
+
+    At ``setup`` the union of ``freeze`` selectors, minus ``keep``, stops requiring grad (so
+    ``configure_optimizers`` can leave it out). At the start of each epoch listed in ``unfreeze``, the
+    step's parameters train again and join the optimizer as one new param group with
+    ``lr = step lr`` or ``lr_ratio × group 0's base lr``, scheduled like group 0.
+
+    Args:
+        freeze: selectors (a :class:`ParamSelector` or a mapping of its fields) whose union is frozen.
+            Default: every parameter under ``pl_module.backbone``.
+        keep: selectors that stay trainable although ``freeze`` matches them (e.g. ``{"bias_only": True}``).
+        top_k: shorthand for keeping the top ``k`` layers of the frozen set trainable (EH-FT's Top-K).
+        unfreeze: steps, each ``{"epoch": int, "lr": float | None, <selector fields>}``; a step with no
+            selector fields unfreezes everything still frozen.
+        gradual_every: unfreeze one layer every this many epochs, top layer first (ULMFiT's gradual
+            unfreezing), starting at ``gradual_start``; layers come from ``layer_pattern``.
+        gradual_start: first epoch of gradual unfreezing.
+        lr_ratio: the lr of an unfrozen group relative to group 0's base lr, when a step gives no ``lr``.
+        train_bn: keep BatchNorm parameters trainable inside frozen modules (Lightning's default).
+        layer_pattern: regex with one group capturing the layer index in a parameter name.
+        optimizer_idx: the optimizer that receives unfrozen groups.
+
+    Raises:
+        CallbackMisuse: a selector that matches nothing, a step epoch < 0, or an unsupported strategy.
+
+    Example:
+        >>> Freezing(freeze=[{"include": [r"^backbone\."]}], unfreeze=[{"epoch": 2, "lr": 1e-5}])
+    """
+
+    def __init__(
+        self,
+        freeze: Optional[Sequence[SelectorLike]] = None,
+        keep: Sequence[SelectorLike] = (),
+        top_k: Optional[int] = None,
+        unfreeze: Sequence[Mapping[str, Any]] = (),
+        gradual_every: Optional[int] = None,
+        gradual_start: int = 1,
+        lr_ratio: float = 0.1,
+        train_bn: bool = True,
+        layer_pattern: str = DEFAULT_LAYER_PATTERN,
+        optimizer_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.freeze = [as_selector(s, "Freezing.freeze") for s in (freeze or [{"include": [r"^backbone\."]}])]
+        self.keep = [as_selector(s, "Freezing.keep") for s in keep]
+        if top_k is not None and top_k < 1:
+            raise CallbackMisuse(f"Freezing.top_k must be >= 1, got {top_k}; use freeze without top_k to freeze all")
+        self.top_k = top_k
+        self.unfreeze = [dict(step) for step in unfreeze]
+        for step in self.unfreeze:
+            epoch = step.get("epoch")
+            if not isinstance(epoch, int) or epoch < 0:
+                raise CallbackMisuse(f"Freezing.unfreeze step {step} needs an integer 'epoch' >= 0")
+            sel = {k: v for k, v in step.items() if k not in _STEP_KEYS}
+            if sel:
+                as_selector(sel, f"Freezing.unfreeze step at epoch {epoch}")
+        if gradual_every is not None and gradual_every < 1:
+            raise CallbackMisuse(f"Freezing.gradual_every must be >= 1, got {gradual_every}")
+        if gradual_every is not None and self.unfreeze:
+            raise CallbackMisuse("give either Freezing.unfreeze steps or gradual_every, not both")
+        self.gradual_every = gradual_every
+        self.gradual_start = gradual_start
+        if lr_ratio <= 0:
+            raise CallbackMisuse(f"Freezing.lr_ratio must be > 0, got {lr_ratio}")
+        self.lr_ratio = lr_ratio
+        self.train_bn = train_bn
+        self.layer_pattern = layer_pattern
+        self.optimizer_idx = optimizer_idx
+        self._steps: list[dict[str, Any]] = []  # resolved: {"epoch", "lr", "names"}
+        self._done: list[int] = []
+        self._added: list[dict[str, Any]] = []  # {"step", "names", "lr"}
+        self._restored: Optional[dict[str, Any]] = None
+        self._module: Optional[LightningModule] = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(freeze=[s.describe() for s in self.freeze],
+                                        keep=[s.describe() for s in self.keep], top_k=self.top_k)
+
+    # ---- what is frozen ------------------------------------------------------------------------------
+    def frozen_names(self, pl_module: nn.Module) -> list[str]:
+        """Names frozen before training: ``freeze`` minus ``keep``, ``top_k`` and (with ``train_bn``) BatchNorm."""
+        names = resolve_union(pl_module, self.freeze)
+        drop: set[str] = set()
+        for sel in self.keep:
+            drop.update(sel.resolve(pl_module))
+        if self.top_k is not None:
+            layers = self._layers(names)
+            if not layers:
+                raise CallbackMisuse(f"Freezing.top_k={self.top_k}: no layer index found in the frozen parameters "
+                                     f"with layer_pattern {self.layer_pattern!r}; set layer_pattern")
+            top = set(sorted(layers)[-self.top_k:])
+            drop.update(n for n in names if self._layer_of(n) in top)
+        if self.train_bn:
+            for mod_name, mod in pl_module.named_modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    drop.update(f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False))
+        out = [n for n in names if n not in drop]
+        if not out:
+            raise CallbackMisuse("Freezing selects no parameter to freeze (freeze minus keep/top_k is empty); "
+                                 "widen freeze or narrow keep")
+        return out
+
+    def _layer_of(self, name: str) -> Optional[int]:
+        return ParamSelector(layer_pattern=self.layer_pattern)._layer_of(name)
+
+    def _layers(self, names: Sequence[str]) -> set[int]:
+        return {i for i in (self._layer_of(n) for n in names) if i is not None}
+
+    def _resolve_steps(self, pl_module: nn.Module, frozen: list[str]) -> list[dict[str, Any]]:
+        frozen_set = set(frozen)
+        steps: list[dict[str, Any]] = []
+        if self.gradual_every is not None:
+            layers = sorted(self._layers(frozen), reverse=True)
+            if not layers:
+                raise CallbackMisuse(f"Freezing.gradual_every: no layer index in the frozen parameters with "
+                                     f"layer_pattern {self.layer_pattern!r}; set layer_pattern")
+            for k, layer in enumerate(layers):
+                names = [n for n in frozen if self._layer_of(n) == layer]
+                steps.append({"epoch": self.gradual_start + k * self.gradual_every, "lr": None, "names": names})
+            return steps
+        for step in self.unfreeze:
+            sel = {k: v for k, v in step.items() if k not in _STEP_KEYS}
+            if sel:
+                try:
+                    picked = as_selector(sel, "unfreeze").resolve(pl_module)
+                except SelectionError as err:
+                    raise CallbackMisuse(f"Freezing.unfreeze step at epoch {step['epoch']}: {err}") from None
+                names = [n for n in picked if n in frozen_set]
+                if not names:
+                    raise CallbackMisuse(f"Freezing.unfreeze step at epoch {step['epoch']} selects no frozen "
+                                         f"parameter (it picked {describe(picked)}); select frozen ones")
+            else:
+                names = list(frozen)
+            steps.append({"epoch": step["epoch"], "lr": step.get("lr"), "names": names})
+        return steps
+
+    # ---- hooks --------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        check_strategy(trainer, "Freezing")
+        frozen = self.frozen_names(pl_module)
+        self._steps = self._resolve_steps(pl_module, frozen)
+        frozen_set = set(frozen)
+        # decided here, before DDP wraps the model, so the wrapper registers the right parameters
+        for n, p in pl_module.named_parameters():
+            if n in frozen_set:
+                p.requires_grad_(False)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        module = self._module
+        trainable = [n for n, p in module.named_parameters() if p.requires_grad] if module is not None else []
+        return {"trainable": trainable, "done": list(self._done), "added": [dict(a) for a in self._added]}
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._module = pl_module
+        state, self._restored = self._restored, None
+        if not state:
+            return
+        # The optimizer was just rebuilt from setup()'s frozen state, as in the original run; give it the groups
+        # added since, in order, so the checkpoint's optimizer and scheduler state load onto the same layout.
+        optimizer = trainer.optimizers[self.optimizer_idx]
+        table = dict(pl_module.named_parameters())
+        for rec in state.get("added", []):
+            missing = [n for n in rec["names"] if n not in table]
+            if missing:
+                raise CallbackMisuse(f"Freezing: checkpoint names parameter(s) {describe(missing)} the module lacks; "
+                                     "resume with the same model")
+            self._add_group(trainer, optimizer, [table[n] for n in rec["names"]], rec["lr"])
+        self._added = [dict(a) for a in state.get("added", [])]
+        self._done = list(state.get("done", []))
+        # Lightning-AI/pytorch-lightning#21901: restore requires_grad itself, not only group membership.
+        trainable = set(state.get("trainable", []))
+        for n, p in pl_module.named_parameters():
+            p.requires_grad_(n in trainable)
+        rewrap_ddp(trainer)
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch
+        due = [i for i, s in enumerate(self._steps) if s["epoch"] <= epoch and i not in self._done]
+        if not due:
+            return
+        optimizer = trainer.optimizers[self.optimizer_idx]
+        table = dict(pl_module.named_parameters())
+        for i in due:
+            step = self._steps[i]
+            params = [table[n] for n in step["names"]]
+            for p in params:
+                p.requires_grad_(True)
+            in_opt = optimizer_param_ids(optimizer)
+            new = [(n, p) for n, p in zip(step["names"], params) if id(p) not in in_opt]
+            lr = None
+            if new:
+                base = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+                lr = float(step["lr"]) if step["lr"] is not None else base * self.lr_ratio
+                self._add_group(trainer, optimizer, [p for _, p in new], lr)
+            self._added.append({"step": i, "names": [n for n, _ in new], "lr": lr})
+            self._done.append(i)
+        rewrap_ddp(trainer)
+
+    def _add_group(self, trainer: Trainer, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                   lr: Optional[float]) -> None:
+        if not params or lr is None:
+            return
+        configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+        factor = lambda_factor(configs[0].scheduler) if configs else 1.0
+        # other hyper-parameters (betas, eps, weight decay) come from the optimizer's defaults
+        optimizer.add_param_group({"params": params, "lr": lr * factor, "initial_lr": lr})
+        for cfg in configs:
+            extend_scheduler(cfg.scheduler, lr)
+
+    def record_extra(self) -> dict[str, Any]:
+        """What the run record stores about freezing (``petune fit`` collects it)."""
+        return {"freezing": {"frozen_selectors": [s.describe() for s in self.freeze],
+                             "keep": [s.describe() for s in self.keep], "top_k": self.top_k,
+                             "unfreeze": [{"epoch": s["epoch"], "params": len(s["names"])} for s in self._steps]}}
