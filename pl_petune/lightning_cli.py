@@ -108,6 +108,7 @@ class PetuneCLI(LightningCLI):
             "early_stopping.monitor": "dev/loss", "early_stopping.patience": 10, "early_stopping.mode": "min",
             "checkpoint.save_top_k": 1, "checkpoint.save_last": True, "checkpoint.filename": "best",
             "trainer.max_epochs": 50, "trainer.gradient_clip_val": 1.0, "trainer.deterministic": True,
+            "trainer.log_every_n_steps": 5,
         })
         parser.link_arguments("early_stopping.monitor", "checkpoint.monitor")
 
@@ -126,7 +127,7 @@ class PetuneCLI(LightningCLI):
         cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
         if cfg.trainer.logger in (None, True):
             cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                  "init_args": {"save_dir": str(run_dir), "name": "", "version": ""}}
+                                  "init_args": {"save_dir": str(run_dir), "name": "logs"}}
         last = run_dir / "checkpoints" / "last.ckpt"
         if run.resume and cfg.get("ckpt_path") is None and last.is_file():
             cfg.ckpt_path = str(last)
