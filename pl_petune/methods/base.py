@@ -64,16 +64,35 @@ class ClassificationHead(nn.Module):
         return self.net(features)
 
 
+# Architectures with random weights, for parameter accounting without a download (``petune params``):
+# ``config:bert-base`` is ``BertConfig()`` (bert-base-uncased's shape), ``config:roberta-base`` roberta-base's.
+RANDOM_ARCHITECTURES = {
+    "config:bert-base": ("bert", {}),
+    "config:roberta-base": ("roberta", {"vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1,
+                                        "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+                                        "layer_norm_eps": 1e-5}),
+}
+
+
 def load_backbone(name: str, hidden_dropout: Optional[float] = None, attention_dropout: Optional[float] = None):
+    """The backbone ``AutoModel`` for ``name``: a hub id, a local folder, the offline MiniLM, or one of
+    :data:`RANDOM_ARCHITECTURES` (random weights). Under ``torch.device("meta")`` only shapes are built."""
     from transformers import AutoConfig, AutoModel
 
-    path = resolve_backbone(name)
     kwargs = {}
     if hidden_dropout is not None:
         kwargs["hidden_dropout_prob"] = hidden_dropout
     if attention_dropout is not None:
         kwargs["attention_probs_dropout_prob"] = attention_dropout
+    if name.startswith("config:"):
+        if name not in RANDOM_ARCHITECTURES:
+            raise ConfigError(f"unknown random architecture {name!r}; known: {', '.join(RANDOM_ARCHITECTURES)}")
+        model_type, fields = RANDOM_ARCHITECTURES[name]
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **fields, **kwargs))
+    path = resolve_backbone(name)
     config = AutoConfig.from_pretrained(path, **kwargs)
+    if torch.empty(0).device.type == "meta":  # shapes only (parameter accounting): no weights to read
+        return AutoModel.from_config(config)
     return AutoModel.from_pretrained(path, config=config)
 
 
@@ -126,6 +145,9 @@ class PetuneModule(L.LightningModule):
         self.apply_trainable(self.select_trainable())
         self.dev_metrics = build_metrics(self.spec, "dev/")
         self.test_metrics = build_metrics(self.spec, "test/")
+        # from_pretrained leaves the backbone in eval mode and Lightning >= 2.2 keeps module modes as found:
+        # without this, dropout would be silently off during training.
+        self.train()
 
     # ---- what a method overrides -----------------------------------------------------------------
     def configure_method(self) -> None:
@@ -260,7 +282,7 @@ class PetuneModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("petune_rng")
-        if state is not None and self.trainer is not None and self.trainer.state.fn == "fit":
+        if state is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             torch.set_rng_state(state["torch"])
 
 

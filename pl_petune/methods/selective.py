@@ -228,7 +228,7 @@ class RandomSubset(PetuneModule):
         start = 0
         for name, p in pool:
             stop = start + p.numel()
-            lo, hi = torch.searchsorted(chosen, torch.tensor([start, stop]))
+            lo, hi = torch.searchsorted(chosen, torch.tensor([start, stop], device="cpu")).tolist()
             if hi > lo:
                 self._entry_index["backbone." + name] = chosen[lo:hi] - start
             start = stop
@@ -283,14 +283,14 @@ def _sample_without_replacement(total: int, size: int) -> torch.Tensor:
     Draws in batches and keeps first occurrences, so memory stays O(size) even for 10^8 entries.
     """
     if size * 2 >= total:
-        return torch.randperm(total)[:size].sort().values
+        return torch.randperm(total, device="cpu")[:size].sort().values
     seen: dict[int, None] = {}
     while len(seen) < size:
-        for i in torch.randint(total, (size - len(seen) + 64,)).tolist():
+        for i in torch.randint(total, (size - len(seen) + 64,), device="cpu").tolist():
             seen.setdefault(i, None)
             if len(seen) == size:
                 break
-    return torch.tensor(sorted(seen), dtype=torch.long)
+    return torch.tensor(sorted(seen), dtype=torch.long, device="cpu")
 
 
 __all__: Sequence[str] = ("BitFit", "FFNOnly", "MHAOnly", "LayerNormTuning", "TopK", "Frozen", "LinearProbe",

