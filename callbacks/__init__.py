@@ -5,9 +5,11 @@ pl_petune's other modules, so they drop into any project's Trainer. See docs/cal
 """
 
 from pl_petune.callbacks._common import CallbackMisuse
+from pl_petune.callbacks.devsplit import DevSplitEarlyStopping, HeldOutTooEarly
 from pl_petune.callbacks.freezing import Freezing
+from pl_petune.callbacks.regularizers import ChildTuningD, Mixout
 from pl_petune.callbacks.selection import ParamSelector, SelectionError, count, params_by_name, set_trainable
 from pl_petune.callbacks.warmstart import HeadWarmStart
 
 __all__ = ["ParamSelector", "SelectionError", "set_trainable", "params_by_name", "count", "CallbackMisuse",
-           "Freezing", "HeadWarmStart"]
+           "Freezing", "HeadWarmStart", "DevSplitEarlyStopping", "HeldOutTooEarly", "Mixout", "ChildTuningD"]

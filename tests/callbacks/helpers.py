@@ -36,9 +36,9 @@ class Backbone(nn.Module):
 class TinyModule(L.LightningModule):
     """A plain LightningModule: ``backbone`` + ``head``, AdamW over trainable params, optional warmup schedule."""
 
-    def __init__(self, lr: float = 1e-2, schedule: bool = False, head: str = "linear") -> None:
+    def __init__(self, lr: float = 1e-2, schedule: bool = False, head: str = "linear", wd: float = 0.01) -> None:
         super().__init__()
-        self.lr, self.schedule = lr, schedule
+        self.lr, self.schedule, self.wd = lr, schedule, wd
         self.backbone = Backbone()
         if head == "linear":
             self.head = nn.Linear(HIDDEN, CLASSES)
@@ -59,7 +59,7 @@ class TinyModule(L.LightningModule):
         self.log("val_loss", nn.functional.cross_entropy(self(x), y))
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr, weight_decay=self.wd)
         if not self.schedule:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4))
