@@ -532,13 +532,32 @@ class PlannedRun:
                 "task": self.task, "method": self.method}
 
 
+def covering(configs: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of a few runs that together give every parameter every one of its values.
+
+    Greedy set cover (each pick adds the most values not yet seen; ties go to the earliest run), returned in
+    run order. A quick check parses these instead of all runs: every value meets the parser at least once.
+    """
+    sets = [{(k, _hashable(v)) for k, v in c.items()} for c in configs]
+    todo = set().union(*sets) if sets else set()
+    picked: list[int] = []
+    while todo:
+        best = max(range(len(sets)), key=lambda i: (len(sets[i] & todo), -i))
+        picked.append(best)
+        todo -= sets[best]
+    return sorted(picked)
+
+
 def plan(sweep: Mapping[str, Any], count: Optional[int] = None, seed: int = 0, where: str = "sweep",
-         parser: Optional[FitParser] = None, json_dir: Optional[Path] = None) -> list[PlannedRun]:
+         parser: Optional[FitParser] = None, json_dir: Optional[Path] = None,
+         quick: bool = False) -> list[PlannedRun]:
     """Expand, render and check every run of a sweep, and compute its run key; nothing is trained.
 
     Checks: the command's order (``fit --config <recipe> <overrides>``), that every run's argv parses with
     the CLI and that every swept key landed with the value the sweep gave, and that the metric is logged by
     every task of the sweep with the goal matching its direction.
+
+    ``quick``: plan only the :func:`covering` runs (a check that every value parses; nothing to run).
 
     Raises:
         SweepError: naming the first bad run (index and parameters) and why.
@@ -548,8 +567,10 @@ def plan(sweep: Mapping[str, Any], count: Optional[int] = None, seed: int = 0, w
 
     parser = parser or FitParser()
     configs = expand(sweep, count=count, seed=seed)
+    indices = covering(configs) if quick else range(len(configs))
     runs: list[PlannedRun] = []
-    for i, config in enumerate(configs):
+    for i in indices:
+        config = configs[i]
         json_file = str(json_dir / f"run-{i:05d}.json") if json_dir else None
         command = render_command(sweep, config, json_file=json_file, interpreter=sys.executable)
         check_command_order(command)
@@ -742,8 +763,10 @@ class Runner:
         log = self.log_dir / f"{run.key}.log"
         env = dict(os.environ)
         env.setdefault("WANDB_MODE", "offline")
+        # CPU runs share the cores: each gets its share of threads unless the user chose (torch reads it).
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.workers)))
         env.update({"PYTHONUNBUFFERED": "1", "PETUNE_STORE": str(self.store_path), "PETUNE_SWEEP": self.sweep_name,
-                    **self.extra_env})
+                    "PETUNE_SWEEP_RUN_KEY": run.key, **self.extra_env})
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(device)
         if any(t.endswith(".json") and "run-" in t for t in run.command):
@@ -840,6 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="launch order: the sweep's (W&B's), seed_major (one seed for all cells before the next), "
                         "or shuffled by --seed")
     p.add_argument("--check", action="store_true", help="validate and expand only: print the runs, train nothing")
+    p.add_argument("--quick", action="store_true",
+                   help="with --check: parse only a covering subset (every value of every parameter once)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per finished run only)")
     return p
 
@@ -861,7 +886,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     name = sweep_name(sweep, args.sweep)
     store = Path(args.store or default_store_path()).resolve()
     folder = store.parent / "sweeps" / name
-    runs = plan(sweep, count=args.count, seed=args.seed, where=args.sweep, json_dir=folder / "args")
+    if args.quick and not args.check:
+        raise SweepError("--quick only applies to --check (a run needs every command checked)")
+    runs = plan(sweep, count=args.count, seed=args.seed, where=args.sweep, json_dir=folder / "args", quick=args.quick)
     unique: dict[str, PlannedRun] = {}
     for r in runs:
         unique.setdefault(r.key, r)
