@@ -396,7 +396,8 @@ class HeadWarmStart(Callback):
         self._head_sha = tensor_sha256({k: v for k, v in head.state_dict().items()})
         keep = set(self._pet) | (set(self.stage1_params.resolve(pl_module)) if self.stage1_params else set())
         keep = keep if self.reserve else set()
-        # map tensors to their pretrained values by identity: dropping PET layers may rename the backbone's tensors
+        # map tensors to their pretrained values by identity (dropping PET layers may rename the backbone's tensors),
+        # else by name (a drop that rebuilds the backbone)
         table = {**dict(pl_module.named_parameters()), **dict(pl_module.named_buffers())}
         by_id = {id(table[n]): (n, v) for n, v in self._pretrained.items() if n in table and n not in keep}
         if not self.reserve:
@@ -404,10 +405,14 @@ class HeadWarmStart(Callback):
             if callable(drop):
                 drop()
             backbone = get_submodule(pl_module, self.backbone_attr, "backbone", "backbone_attr")
+            bb_prefix = submodule_prefix(pl_module, backbone)
         restored = 0
         with torch.no_grad():
             for name, t in [*backbone.named_parameters(), *backbone.named_buffers()]:
                 hit = by_id.get(id(t))
+                if hit is None and bb_prefix + name in self._pretrained and bb_prefix + name not in keep:
+                    # drop_pet_layers rebuilt the backbone (new tensors under the pretrained names)
+                    hit = (bb_prefix + name, self._pretrained[bb_prefix + name])
                 if hit is None:
                     if self.reserve:
                         continue

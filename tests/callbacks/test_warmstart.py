@@ -261,3 +261,35 @@ def test_lpft_on_full_finetune(tmp_path, tiny_bert, solver):
     assert trainer.optimizers[0].__class__.__name__ == "AdamW"
     info = hws.record_extra()["head_warm_start"]
     assert info["solver"] == solver and info["stage"] == 2
+
+
+# ---- with pl_petune's PET methods (the pet_parameter_names / drop_pet_layers contract) ------------------
+@pytest.mark.parametrize("method,kwargs", [("LoRA", {"r": 4, "targets": ["q", "k", "v", "o"]}),
+                                           ("PrefixTuning", {"prefix_length": 4})])
+def test_ehft_with_pet_methods(tmp_path, tiny_bert, method, kwargs):
+    import pl_petune.methods as methods
+
+    cls = getattr(methods, method)
+    model = cls(task="cb", backbone=tiny_bert, lr=1e-4, init_seed=1, **kwargs)
+    pet = model.pet_parameter_names()
+    assert pet
+    pet_ids = {id(p) for n, p in model.named_parameters() if n in set(pet)}
+    # LoRA (PEFT) keeps the base tensors under ``base_layer``; the adapters methods rebuild a plain backbone
+    base = {n.replace(".base_layer.", "."): p.detach().clone() for n, p in model.backbone.named_parameters()
+            if "backbone." + n not in pet}
+    probe, at = Probe(), AtSwitch(epoch=1)
+    hws = HeadWarmStart(stage1_epochs=1, stage1_lr=5e-3,
+                        stage2_params={"include": [r"^backbone\.", r"^head\."], "exclude": [r"\.pooler\."]})
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[hws, at, probe]))
+    trainer.fit(model, _bert_batches(), _bert_batches(8, seed=1))
+    assert set(probe.trainable[0]) == set(pet) | {n for n, _ in model.named_parameters() if n.startswith("head.")}
+    assert not any(id(p) in pet_ids for p in model.parameters())  # PET layers gone
+    assert not model.pet_parameter_names()
+    # every backbone parameter at the switch is its pretrained value bit for bit (before stage 2 trains)
+    params_now = {n for n, _ in model.backbone.named_parameters()}
+    at_backbone = {k[len("backbone."):]: v for k, v in at.state.items() if k[len("backbone."):] in params_now}
+    assert at_backbone.keys() == base.keys()
+    assert all(torch.equal(at_backbone[k], base[k]) for k in base)
+    head = {k: v for k, v in at.state.items() if k.startswith("head.")}
+    assert all(torch.equal(v, probe.weights[0][k]) for k, v in head.items())
+    assert set(at.trainable) == {n for n, _ in model.named_parameters() if ".pooler." not in n}
