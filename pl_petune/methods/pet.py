@@ -50,7 +50,8 @@ class PetLayerMethod(PetuneModule):
         return [n for n, _ in self.named_parameters() if self._is_added(n)]
 
     def drop_pet_layers(self) -> None:
-        """Remove the added layers in place: the backbone becomes the pretrained one again, the head stays."""
+        """Remove the added layers: the backbone becomes the plain pretrained architecture again (its weights as
+        they are, frozen), the head stays as trained. Used by EH-FT's stage switch (head warm start)."""
         raise NotImplementedError
 
     def record_extra(self) -> dict[str, Any]:
@@ -83,8 +84,16 @@ class _AdapterHubMethod(PetLayerMethod):
         self.backbone.set_active_adapters(ADAPTER_NAME)
 
     def drop_pet_layers(self) -> None:
-        if ADAPTER_NAME in getattr(self.backbone, "adapters_config", {}):
-            self.backbone.delete_adapter(ADAPTER_NAME)
+        """Replace the backbone with a plain Hugging Face model (no ``adapters`` wrappers, no aliases in its
+        state dict) holding the current backbone weights, all frozen; the head is kept."""
+        from pl_petune.methods.base import load_backbone
+
+        state = self.backbone.state_dict()
+        plain = load_backbone(self.hparams.backbone, self.hparams.hidden_dropout)
+        plain.load_state_dict({k: state[k] for k in plain.state_dict()})
+        plain.requires_grad_(False)
+        plain.train(self.backbone.training)
+        self.backbone = plain
 
 
 class Adapter(_AdapterHubMethod):
@@ -298,4 +307,4 @@ class LoRA(PetLayerMethod):
                 parent_name, _, child = name.rpartition(".")
                 parent = self.backbone.get_submodule(parent_name) if parent_name else self.backbone
                 setattr(parent, child, base)
-        assert not self.pet_parameter_names()
+        self.backbone.requires_grad_(False)
