@@ -450,7 +450,7 @@ def revisiting(out: Out) -> None:
                 path = base / "training_iterations" / f"{task}_{method}_{n // 1000}k.yaml"
                 header = (f"{REV}, training-iterations study (the figure comparing 1k and 2k sampled training "
                           f"examples): {REV_COLUMN[method]} on {REV_ROW[task]} with {n} training examples, 20 runs. "
-                          "The deck gives the figure only, no numbers.\n"
+                          "No published value: the deck gives the figure only.\n"
                           f"data.train_limit {n}: a seeded, stratified subset of the training part, after the dev "
                           "split; the epoch budget is unchanged, so 2k examples mean twice the optimisation steps. "
                           "Tasks: the paper's medium-resource band (every task with more than 2k training examples "

