@@ -238,7 +238,7 @@ def rev_model(method: str, hp: tuple, head_only: bool = False) -> tuple[dict[str
     return {"class_path": M + cls, "init_args": args}, bs, phrase
 
 
-def rev_body(task: str, model: dict, bs: int, protocol: str, pad: bool, monitor: str = "dev/loss",
+def rev_body(task: str, model: dict, bs: int, protocol: str, pad: bool, label: str, monitor: str = "dev/loss",
              train_limit: int | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"task": task, "protocol": protocol, "data_seed": 1111, "batch_size": bs,
                             "max_length": 128, "pad_to_max_length": pad}
@@ -246,15 +246,18 @@ def rev_body(task: str, model: dict, bs: int, protocol: str, pad: bool, monitor:
         data["train_limit"] = train_limit
     return {"model": model, "data": data,
             "trainer": {"max_epochs": 50, "gradient_clip_val": 1.0},
-            "early_stopping": {"monitor": monitor, "patience": 10}}
+            "early_stopping": {"monitor": monitor, "patience": 10}, "run": {"name": label}}
 
 
+LABEL = ("run.name is the published column's label, stored in the run record: several columns share a "
+         "method class (e.g. the head-only COPA FT runs are the Frozen method).")
 REV_COMMON = ("Shared settings (REFERENCE §1.3, §1.5): roberta-base, max length 128, AdamW (HF Trainer "
               "defaults: weight decay 0, max_grad_norm 1.0, linear decay), dropout 0.1 (roberta-base's own), at most "
               "50 epochs, one dev pass per epoch, early stopping and checkpoint selection on dev loss with patience "
               "10, the best checkpoint tested once. Adapter is Pfeiffer with adapter-transformers 2.2's bert init; "
               "prefix is flat (no reparametrisation) with dropout 0.1 on the prefix; LoRA adapts query and value; "
               "BitFit trains every backbone bias and the head.")
+REV_COMMON += " " + LABEL
 PROTOCOL_TEXT = {
     "parity": "Protocol: PETuning parity: data.protocol petuning (dev = the last 10 % of train, unshuffled, the same "
               "for every seed; test = the official validation set) and padding to 128 as the released code does.",
@@ -316,7 +319,7 @@ def revisiting(out: Out) -> None:
                         + "\n".join(notes) + ("\n" if notes else "") + REV_COMMON + "\n"
                         f"Command (one seed; the released scripts tie both seeds): petune fit --config {path} "
                         f"--run.seed 1111\nAll 20 seeds of the table: petune sweep {sweep_path}")
-                    out.recipe(path, header, rev_body(task, model, bs, protocol, pad))
+                    out.recipe(path, header, rev_body(task, model, bs, protocol, pad, REV_COLUMN[method]))
                     cells[setting][(task, name)] = path
         out.sweep(sweep_path,
                   f"{REV}, Table 2 ({setting} protocol): FT, Adapter, PT, LoRA and BitFit on the 12 tasks, "
@@ -357,7 +360,7 @@ def revisiting(out: Out) -> None:
                           f"({phrase}; REFERENCE §1.6); padding to 128 as the released code. {REV_COMMON}\n"
                           f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
                           f"All 20 runs of the table: petune sweep {sweep1}")
-                out.recipe(path, header, rev_body("rte", model, bs, protocol, True, monitor=monitor))
+                out.recipe(path, header, rev_body("rte", model, bs, protocol, True, REV_COLUMN[method], monitor=monitor))
                 t1_paths.append(path)
     out.sweep(sweep1, f"{REV}, Table 1: RTE with the dev1/dev2 protocol, stopping on dev loss vs dev accuracy, "
                       f"5 methods x 2 metrics x 2 splits = {len(t1_paths)} recipes x 20 tied seeds. The RTE 2-2 "
@@ -394,7 +397,7 @@ def revisiting(out: Out) -> None:
                   f"petune fit --config {path} --data.data_seed 2222 ; petune fit --config {path} --run.seed 2222\n"
                   f"The whole table: petune sweep {sweeps}/table4_wi.yaml, then table4_do.yaml and "
                   "table4_global.yaml (the three arms cannot be one grid)")
-        out.recipe(path, header, rev_body("copa", model, bs, "petuning", True))
+        out.recipe(path, header, rev_body("copa", model, bs, "petuning", True, REV_COLUMN[method]))
         t4_paths.append(path)
     for arm, (label, seeds) in arms.items():
         sp = sweeps / f"table4_{arm}.yaml"
@@ -432,7 +435,7 @@ def revisiting(out: Out) -> None:
                       f"{PROTOCOL_TEXT['parity']} {REV_COMMON}\n"
                       f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
                       f"The study: petune sweep {sweep_s}")
-            out.recipe(path, header, rev_body("copa", model, bs_, "petuning", True))
+            out.recipe(path, header, rev_body("copa", model, bs_, "petuning", True, f"{REV_COLUMN[method]}-{label}"))
             scale_paths.append(path)
     out.sweep(sweep_s, f"{REV}, parameter-scale study (Figure 5): Adapter, PT and LoRA at three scales on COPA, "
                        f"{len(scale_paths)} recipes x 20 tied seeds.\n" + sweep_commands(sweep_s),
@@ -459,7 +462,8 @@ def revisiting(out: Out) -> None:
                           f"{PROTOCOL_TEXT['parity']} {REV_COMMON}\n"
                           f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
                           f"The study: petune sweep {sweep_i}")
-                out.recipe(path, header, rev_body(task, model, bs, "petuning", True, train_limit=n))
+                out.recipe(path, header, rev_body(task, model, bs, "petuning", True, f"{REV_COLUMN[method]}-{n // 1000}k",
+                                                  train_limit=n))
                 it_paths.append(path)
     out.sweep(sweep_i, f"{REV}, training-iterations study: 5 medium-resource tasks x 5 methods x (1k, 2k) "
                        f"training examples = {len(it_paths)} recipes x 20 tied seeds.\n" + sweep_commands(sweep_i),
@@ -526,15 +530,17 @@ MW_COMMON = ("Hyper-parameters and seeds are not published (REFERENCE §2); thes
              "dev = a seeded, stratified 10 % of train; the official GLUE validation set is the test set, read once); "
              "the paper's own split is not known.")
 
+MW_COMMON += " " + LABEL
 
-def mw_body(task: str, cls: str, args: dict, lr: float) -> dict[str, Any]:
+
+def mw_body(task: str, cls: str, args: dict, lr: float, label: str) -> dict[str, Any]:
     return {"model": {"class_path": M + cls,
                       "init_args": {"backbone": "bert-base-uncased", **args, "lr": lr, "warmup_ratio": 0.06,
                                     "weight_decay": 0.0, "init_seed": 1111}},
             "data": {"task": task, "protocol": "train_split", "data_seed": 1111, "batch_size": 32,
                      "max_length": 128},
             "trainer": {"max_epochs": 20, "gradient_clip_val": 1.0},
-            "early_stopping": {"monitor": "dev/loss", "patience": 5}}
+            "early_stopping": {"monitor": "dev/loss", "patience": 5}, "run": {"name": label}}
 
 
 def modulewise(out: Out) -> None:
@@ -563,7 +569,7 @@ def modulewise(out: Out) -> None:
                       + MW_COMMON + "\n"
                       f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
                       f"The table: petune sweep {sp1}")
-            out.recipe(path, header, mw_body(task, cls, args, lr))
+            out.recipe(path, header, mw_body(task, cls, args, lr, row))
             t1_paths.append(path)
     out.sweep(sp1, f"{MW}, Table 1: nine trainable-module settings on 8 GLUE tasks (MNLI matched only), "
                    f"{len(t1_paths)} recipes x 5 tied seeds (the paper's seed count is not published).\n"
@@ -581,7 +587,8 @@ def modulewise(out: Out) -> None:
                       "parameters, 0.003 % (REFERENCE §7).\n" + MW_COMMON + "\n"
                       f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
                       f"The table: petune sweep {sp3}")
-            out.recipe(path, header, mw_body(task, "LayerNormTuning", {"variant": "all", "layers": [layer - 1]}, 1e-3))
+            out.recipe(path, header, mw_body(task, "LayerNormTuning", {"variant": "all", "layers": [layer - 1]}, 1e-3,
+                                               f"LayerNorms #{layer}"))
             t3_paths.append(path)
     out.sweep(sp3, f"{MW}, Table 3: one layer's LayerNorms at a time, 12 layers x 4 tasks = {len(t3_paths)} recipes "
                    "x 5 tied seeds.\n" + sweep_commands(sp3),
@@ -631,6 +638,8 @@ EH_COMMON = ("Shared settings (REFERENCE §3.1-3.4): roberta-large; batch 32; Ad
              "BCE); WiC reads the first token only (reference: [CLS, w1, w2, |w1-w2|, w1*w2]); the reference "
              "permutes the train set once, pl_petune reshuffles every epoch. Seeds: 4 per cell (the paper's "
              "count; the reference drew them at random and did not list them).")
+
+EH_COMMON += " " + LABEL
 
 
 def ehft(out: Out) -> None:
@@ -730,6 +739,7 @@ def ehft(out: Out) -> None:
             if callbacks:
                 body["trainer"]["callbacks"] = callbacks
             body["early_stopping"] = {"monitor": monitor, "patience": epochs}
+            body["run"] = {"name": row}
             path = base / "table1" / f"{task}_{name}.yaml"
             metric = EH_METRIC.get(task, "accuracy")
             header = (f"{EH}, Table 1, cell {row} x {EH_COL[task]}: published {value:.2f} ({metric}; mean of 4 "

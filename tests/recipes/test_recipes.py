@@ -111,7 +111,7 @@ def test_recipe_parses_and_builds(recipe, fit_parser, stand_in, data_dir):
     cfg = fit_parser.parse(["fit", "--config", str(ROOT / recipe), "--model.init_args.backbone", folder,
                             "--data.data_dir", data_dir])["fit"]
     # What the file says is what the parser holds (no key silently dropped or defaulted).
-    for section in ("data", "early_stopping"):
+    for section in ("data", "early_stopping", "run"):
         for key, value in raw.get(section, {}).items():
             assert cfg[section][key] == value, f"{recipe}: {section}.{key}"
     init = _to_plain(cfg.model.init_args)
