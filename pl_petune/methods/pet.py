@@ -77,7 +77,7 @@ class _AdapterHubMethod(PetLayerMethod):
         except Exception as err:  # adapters raises a bare ValueError/KeyError for unsupported models
             raise ConfigError(f"method {self.method_name!r} (AdapterHub adapters) does not support backbone "
                               f"type {kind!r}: {err}") from None
-        self.backbone.add_adapter(ADAPTER_NAME, config=self.adapter_config())
+        self.backbone.add_adapter(ADAPTER_NAME, config=self.adapter_config(), set_active=True)
         # train_adapter also flips adapter-internal training switches; the exact trainable set is still
         # decided by select_trainable afterwards.
         self.backbone.train_adapter(ADAPTER_NAME)
