@@ -201,8 +201,8 @@ class PromptTuning(_AdapterHubMethod):
 
 class IA3(_AdapterHubMethod):
     """(IA)^3 (Liu et al., 2022): learned vectors rescale keys, values and the feed-forward activations,
-    k ← l_k ⊙ k, v ← l_v ⊙ v, h_ff ← l_ff ⊙ h_ff; the vectors start at one, so the model starts as the frozen
-    backbone. Beyond the three papers. Backed by AdapterHub ``IA3Config``.
+    k ← l_k ⊙ k, v ← l_v ⊙ v, h_ff ← l_ff ⊙ h_ff; the vectors start at one, so the model starts as the
+    frozen backbone. Beyond the three papers. Backed by AdapterHub ``IA3Config``.
 
     Args:
         attn_matrices: attention projections to rescale, from ``q``, ``k``, ``v`` (IA3: k and v).

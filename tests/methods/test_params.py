@@ -33,7 +33,8 @@ def test_bert_base_reproduces_the_module_wise_param_column(method, kwargs, perce
 def test_random_defaults_to_the_layernorm_budget_and_head_counts_in_trainable():
     ln = count("layernorm", "config:bert-base")
     rnd = count("random", "config:bert-base", init_seed=3)
-    assert rnd["trainable_backbone_params"] == ln["trainable_backbone_params"] == 12 * 2 * 2 * 768  # 12 layers x 2 LayerNorms x (gain, bias)
+    # 12 layers x 2 LayerNorms x (gain, bias) x 768
+    assert rnd["trainable_backbone_params"] == ln["trainable_backbone_params"] == 12 * 2 * 2 * 768
     assert rnd["trainable_params"] == ln["trainable_params"] == ln["trainable_backbone_params"] + ln["head_params"]
 
 
