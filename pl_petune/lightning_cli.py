@@ -90,6 +90,11 @@ class _Parser(LightningArgumentParser):
     """Lightning's parser whose errors become one line (the bad key and value) instead of usage + report."""
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        cause: BaseException | None = ex
+        while cause is not None:  # a class's own refusal (e.g. ConfigError from __init__) keeps its words
+            if isinstance(cause, PetuneError):
+                raise cause
+            cause = cause.__cause__ or cause.__context__
         raise ArgumentsError(_one_line(message))
 
 
@@ -142,6 +147,7 @@ class PetuneCLI(LightningCLI):
     def before_fit(self) -> None:
         info = self._run_info
         info["t0"] = time.time()
+        self.datamodule.split_sizes()  # a bad data file or an impossible split is refused before anything is written
         info["store"] = Store(self.config.fit.run.store or default_store_path())
         report = self.model.parameter_report()
         print(f"petune: {info['method']} on {info['spec'].name} [{self.datamodule.protocol}]: "
@@ -427,8 +433,11 @@ def run_lightning_cli(argv: list[str]) -> int:
         if _ACTIVE:
             _ACTIVE["store"].mark_failed(_ACTIVE["key"], f"{type(err).__name__}: {err}")
             _ACTIVE.clear()
-        if isinstance(err, PetuneError):
-            print(f"petune {argv[0]}: error: {err}", file=sys.stderr)
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, PetuneError):
+            cause = cause.__cause__ or cause.__context__  # jsonargparse wraps a class's refusal in ValueError
+        if cause is not None:
+            print(f"petune {argv[0]}: error: {cause}", file=sys.stderr)
             return 2
         raise
     return 0

@@ -125,6 +125,10 @@ class TaskDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        if not 0.0 < dev_fraction < 1.0:
+            raise ConfigError(f"data.dev_fraction {dev_fraction!r} must be in (0, 1)")
+        if train_limit is not None and train_limit < 1:
+            raise ConfigError(f"data.train_limit {train_limit!r} must be a positive number of examples")
         self.dev_fraction = dev_fraction
         self.train_limit = train_limit
         self.pad_to_max_length = pad_to_max_length

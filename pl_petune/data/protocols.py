@@ -70,14 +70,14 @@ def stratified_split(labels: Sequence, fraction: float, seed: int, regression: b
 
     n = len(labels)
     if not 0.0 < fraction < 1.0:
-        raise SplitError(f"split fraction {fraction!r} must be in (0, 1)")
+        raise SplitError(f"split fraction {fraction!r} must be in (0, 1) (data.dev_fraction)")
     strat = _stratify_labels(labels, regression)
     n_held = math.ceil(fraction * n)
     classes, counts = np.unique(strat, return_counts=True)
     if n_held < len(classes) or n - n_held < len(classes) or counts.min() < 2:
-        rare = classes[counts.argmin()]
+        rare = classes[counts.argmin()].item()
         raise SplitError(
-            f"cannot stratify {n} {what} examples into {fraction:.0%} held out: class {rare!r} has "
+            f"cannot stratify {n} {what} examples into {n_held} held out: class {rare!r} has "
             f"{counts.min()} example(s) and there are {len(classes)} classes; use more data or another protocol"
         )
     idx = np.arange(n)
@@ -121,6 +121,10 @@ def limit_train(split: Split, n: int | None, seed: int, labels: Sequence) -> Spl
     if n >= len(idx):
         return split
     sub_labels = np.asarray(labels)[idx]
+    n_classes = len(np.unique(sub_labels))
+    if n < n_classes:
+        raise SplitError(f"train_limit {n} is smaller than the number of classes ({n_classes}); "
+                         f"use at least {n_classes}")
     _, take = stratified_split(sub_labels, n / len(idx), seed, False, "train")
     parts = dict(split.parts)
     parts["train"] = (src, idx[take])
