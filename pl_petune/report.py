@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, help="results store (SQLite); default $PETUNE_STORE or runs/results.sqlite")
     p.add_argument("--out", default="reports", help="output folder (created)")
     p.add_argument("--format", default="md,csv,tex,png", help="comma-separated subset of: " + ", ".join(FORMATS))
-    p.add_argument("--baseline", default="finetune", help="method every other is tested against")
+    p.add_argument("--baseline", default=None,
+                   help="column every other is tested against (default: finetune, else FT / Full-FT)")
+    p.add_argument("--columns", default="name", choices=("name", "method"),
+                   help="label columns by the run's name (run.name, e.g. EH-FT_LoRA; falls back to the method) "
+                        "or by the method class's registry name")
     p.add_argument("--test", default="welch", help="significance test: " + ", ".join(TESTS))
     p.add_argument("--alternative", default="one-sided", help="one-sided (the paper) or two-sided")
     p.add_argument("--alpha", default="0.05", help="significance level in (0, 1)")
@@ -89,10 +93,16 @@ def main(argv: list[str]) -> int:
         raise UsageError(str(err)) from None
     if not records:
         raise UsageError(f"store {str(path)!r} holds no complete runs")
+    if args.columns == "name":
+        # Two-stage methods are FullFinetune + a callback: the recipe's run.name tells LP-FT from FT.
+        records = [{**r, "method": r.get("name") or r["method"]} for r in records]
     records = _filter(records, "protocol", args.protocol)
     records = _filter(records, "task", args.task)
     records = _filter(records, "method", args.method)
     methods = sorted({r["method"] for r in records})
+    if args.baseline is None:
+        args.baseline = next((m for m in ("finetune", "FT", "Full-FT", "Finetuning (reproduce)") if m in methods),
+                             "finetune")
     if args.baseline not in methods:
         raise UsageError(f"baseline {args.baseline!r} has no runs; methods in the store: {', '.join(methods)}")
 
