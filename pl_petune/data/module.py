@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -32,6 +33,25 @@ def cache_root() -> Path:
     return Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "pl_petune")) / "tokenized"
 
 
+@dataclass
+class OODSet:
+    """An out-of-distribution evaluation set: another task's split, its labels mapped onto the training task's.
+
+    Read once after fit with the best checkpoint (LP-FT's motivation, Kumar et al. 2022: finetuning distorts
+    pretrained features and loses out-of-distribution accuracy), scored with the training task's metrics.
+
+    Args:
+        task: registry name of the evaluation task, e.g. ``cb``.
+        label_map: every label name of ``task`` → a label name of the training task, e.g. for RTE on CB
+            ``{entailment: entailment, contradiction: not_entailment, neutral: not_entailment}``.
+        split: which official split of ``task`` to read: ``dev`` (default) or ``train``.
+    """
+
+    task: str
+    label_map: dict[str, str] = field(default_factory=dict)
+    split: str = "dev"
+
+
 class EpochSeededSampler(Sampler[int]):
     """A shuffling sampler whose order is a pure function of (seed, epoch).
 
@@ -51,6 +71,40 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class LengthGroupedSampler(EpochSeededSampler):
+    """:class:`EpochSeededSampler`'s order with similar lengths batched together (less padding per batch).
+
+    The epoch's seeded permutation is cut into windows of ``window`` batches; inside a window the indices are
+    sorted by length (longest first), cut into batches, and the full batches of the whole epoch are shuffled
+    with the same generator (a partial batch stays last, so the loader's batch boundaries are kept). The
+    order is still a pure function of (seed, epoch), so resume sees the same batches.
+
+    Args:
+        lengths: the length of every example (for multiple choice, its longest choice).
+        batch_size: the loader's batch size.
+        seed: the data seed.
+        window: batches per sorting window; larger groups lengths more tightly, smaller keeps more randomness.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50) -> None:
+        super().__init__(len(lengths), seed)
+        if batch_size < 1 or window < 1:
+            raise ConfigError(f"batch_size and window must be >= 1, got {batch_size} and {window}")
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.window = batch_size, window
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n)
+        span = self.batch_size * self.window
+        chunks = [order[i:i + span] for i in range(0, self.n, span)]
+        # stable sort on the negated length: ties keep the seeded order
+        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks]) if chunks else order
+        full = self.n // self.batch_size
+        batches = order[: full * self.batch_size].reshape(full, self.batch_size)[rng.permutation(full)]
+        return iter(np.concatenate([batches.reshape(-1), order[full * self.batch_size:]]).tolist())
 
 
 class Collator:
@@ -91,7 +145,11 @@ class TaskDataModule(L.LightningDataModule):
         batch_size: training batch size; ``eval_batch_size`` for dev and test.
         dev_fraction: share of train carved out as dev (``train_split``, ``petuning``).
         train_limit: keep this many training examples (seeded, stratified), for data-size studies.
+        ood: out-of-distribution sets by name (:class:`OODSet`), evaluated after the test pass with the same
+            best weights and recorded as ``ood_metrics`` (``ood/<name>/<metric>``).
         pad_to_max_length: pad every batch to ``max_length`` (PETuning parity) instead of dynamically.
+        group_by_length: batch training examples of similar length together (:class:`LengthGroupedSampler`),
+            so dynamic padding pads less; the order stays a function of ``data_seed`` and the epoch.
         num_workers: dataloader workers.
     """
 
@@ -107,8 +165,10 @@ class TaskDataModule(L.LightningDataModule):
         eval_batch_size: int = 32,
         dev_fraction: float = 0.1,
         train_limit: Optional[int] = None,
+        ood: Optional[dict[str, OODSet]] = None,
         pad_to_max_length: bool = False,
         num_workers: int = 0,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         self.spec = get_task(task)
@@ -131,8 +191,10 @@ class TaskDataModule(L.LightningDataModule):
             raise ConfigError(f"data.train_limit {train_limit!r} must be a positive number of examples")
         self.dev_fraction = dev_fraction
         self.train_limit = train_limit
+        self.ood = {name: _check_ood(name, o, self.spec) for name, o in (ood or {}).items()}
         self.pad_to_max_length = pad_to_max_length
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
         self._tok = None
         self._official: dict[str, Any] = {}
         self._split: Split | None = None
@@ -175,22 +237,24 @@ class TaskDataModule(L.LightningDataModule):
             self._official[split] = self._tokenized(split)
         return self._official[split]
 
-    def _cache_key(self, split: str) -> str:
+    def _cache_key(self, split: str, spec=None) -> str:
+        spec = spec or self.spec
         root = resolve_data_dir(self.data_dir)
-        ident = {"task": self.spec.name, "source": source_id(self.spec, split, root),
+        ident = {"task": spec.name, "source": source_id(spec, split, root),
                  "tokenizer": resolve_backbone(self.tokenizer_name), "max_length": self.max_length,
                  "format": FORMAT_VERSION}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
-    def _tokenized(self, split: str):
+    def _tokenized(self, split: str, spec=None):
         import datasets
 
+        spec = spec or self.spec
         datasets.disable_progress_bars()
-        path = cache_root() / f"{self.spec.name}-{split}-{self._cache_key(split)}"
+        path = cache_root() / f"{spec.name}-{split}-{self._cache_key(split, spec)}"
         if (path / "dataset_info.json").exists():
             return datasets.load_from_disk(str(path))
-        raw = load_split(self.spec, split, self.data_dir)
-        tok, fmt, max_len = self.tokenizer, self.spec.format, self.max_length
+        raw = load_split(spec, split, self.data_dir)
+        tok, fmt, max_len = self.tokenizer, spec.format, self.max_length
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
             rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
@@ -252,7 +316,13 @@ class TaskDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets.get("train") or self._part("train")
-        return DataLoader(ds, batch_size=self.batch_size, sampler=EpochSeededSampler(len(ds), self.data_seed),
+        if self.group_by_length:
+            lengths = [max(len(s) for s in ids) if ids and isinstance(ids[0], list) else len(ids)
+                       for ids in ds["input_ids"]]
+            sampler: Sampler[int] = LengthGroupedSampler(lengths, self.batch_size, self.data_seed)
+        else:
+            sampler = EpochSeededSampler(len(ds), self.data_seed)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=self._collator(), num_workers=self.num_workers, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
@@ -264,6 +334,18 @@ class TaskDataModule(L.LightningDataModule):
         self._guard_heldout()
         ds = self._part("test")
         self.datasets["test"] = ds
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collator(),
+                          num_workers=self.num_workers)
+
+    def ood_dataloader(self, name: str) -> DataLoader:
+        """The out-of-distribution set ``name``, labels mapped to the training task's ids (after fit only)."""
+        if name not in self.ood:
+            raise ConfigError(f"unknown OOD set {name!r}; declared: {', '.join(self.ood) or 'none'}")
+        self._guard_heldout()
+        o = self.ood[name]
+        spec = get_task(o.task)
+        ids = [self.spec.labels.index(o.label_map[label]) for label in spec.labels]
+        ds = self._tokenized(o.split, spec).map(lambda row: {"label": ids[row["label"]]}, keep_in_memory=True)
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collator(),
                           num_workers=self.num_workers)
 
@@ -281,3 +363,26 @@ class TaskDataModule(L.LightningDataModule):
         majority = int(np.bincount(train).argmax())
         test = np.asarray(self.datasets["test"]["label"] if "test" in self.datasets else self._part("test")["label"])
         return score_predictions(self.spec, np.full_like(test, majority), test)
+
+
+def _check_ood(name: str, o: OODSet, train) -> OODSet:
+    """Refuse an OOD set whose task, split or label map does not fit the training task (one line each)."""
+    spec = get_task(o.task)
+    if o.split not in ("train", "dev"):
+        raise ConfigError(f"data.ood.{name}.split {o.split!r} is unknown; allowed: train, dev")
+    if spec.kind != "classification" or train.kind != "classification":
+        raise ConfigError(f"data.ood.{name}: OOD evaluation needs classification tasks; {o.task} is "
+                          f"{spec.kind} and {train.name} is {train.kind}")
+    extra = sorted(set(o.label_map) - set(spec.labels))
+    if extra:
+        raise ConfigError(f"data.ood.{name}.label_map: {extra[0]!r} is not a label of {o.task}; allowed: "
+                          f"{', '.join(spec.labels)}")
+    missing = [label for label in spec.labels if label not in o.label_map]
+    if missing:
+        raise ConfigError(f"data.ood.{name}.label_map: label {missing[0]!r} of {o.task} is not mapped; map each "
+                          f"of {', '.join(spec.labels)} to one of {train.name}'s: {', '.join(train.labels)}")
+    bad = sorted(v for v in o.label_map.values() if v not in train.labels)
+    if bad:
+        raise ConfigError(f"data.ood.{name}.label_map: target {bad[0]!r} is not a label of {train.name}; "
+                          f"allowed: {', '.join(train.labels)}")
+    return o

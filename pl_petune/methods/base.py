@@ -110,6 +110,9 @@ class PetuneModule(L.LightningModule):
         head_dropout: dropout inside the head.
         hidden_dropout: override the backbone's hidden dropout (``None``: keep the pretrained config's).
         init_seed: seed of every new parameter (head, PET layers, random masks).
+        compile: compile the backbone with ``torch.compile`` when the Trainer configures the model
+            (``nn.Module.compile``: in place, so parameter names and checkpoints are those of the eager model).
+            Pays off on long GPU runs; the first steps are slow while it compiles.
 
     The backbone's pooler, when it has one, is not used by the head and stays frozen for every method.
     """
@@ -129,6 +132,7 @@ class PetuneModule(L.LightningModule):
         head_dropout: float = 0.1,
         hidden_dropout: Optional[float] = None,
         init_seed: int = 42,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -148,6 +152,11 @@ class PetuneModule(L.LightningModule):
         # from_pretrained leaves the backbone in eval mode and Lightning >= 2.2 keeps module modes as found:
         # without this, dropout would be silently off during training.
         self.train()
+
+    def configure_model(self) -> None:
+        """Lightning's hook before fit/validate/test: compiles the backbone when ``compile`` is set."""
+        if self.hparams.get("compile", False) and getattr(self.backbone, "_compiled_call_impl", None) is None:
+            self.backbone.compile()
 
     # ---- what a method overrides -----------------------------------------------------------------
     def configure_method(self) -> None:
