@@ -175,6 +175,12 @@ class PetuneCLI(LightningCLI):
         test_metrics = {k: float(v) for k, v in results[0].items()}
         baseline = dm.majority_baseline()
         record = self._record("complete", dev_metrics=dev_metrics, test_metrics=test_metrics, baseline=baseline)
+        if dm.ood:  # the same best weights the test pass loaded, on each declared OOD set (docs/analyses.md)
+            record["ood_metrics"], record["ood_sizes"] = evaluate_ood(self.model, dm)
+            record["ood_sets"] = {n: {"task": o.task, "split": o.split, "label_map": dict(o.label_map)}
+                                  for n, o in dm.ood.items()}
+            print("petune: out-of-distribution " + ", ".join(f"{k} = {v:.4f}" for k, v in
+                                                         record["ood_metrics"].items()))
         info["store"].put(record)
         write_json(info["dir"] / "record.json", record)
         for logger in trainer.loggers:
@@ -264,6 +270,40 @@ class PetuneCLI(LightningCLI):
         print(f"petune: record {record['run_key']} -> {record['run_dir']}/record.json")
 
 
+def evaluate_ood(model: PetuneModule, dm: TaskDataModule) -> tuple[dict[str, float], dict[str, int]]:
+    """Score ``model`` as it is (after the test pass: the best checkpoint) on every OOD set of ``dm``.
+
+    Returns:
+        ``{"ood/<name>/<metric>": value}`` with the training task's metrics over the mapped labels, and
+        ``{name: number of examples}``.
+    """
+    import numpy as np
+    import torch
+
+    from pl_petune.metrics import score_predictions
+
+    metrics: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for name in dm.ood:
+            preds, labels = [], []
+            with torch.no_grad():
+                for batch in dm.ood_dataloader(name):
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                    preds.append(model.predictions(logits).cpu().numpy())
+                    labels.append(batch["labels"].cpu().numpy())
+            scores = score_predictions(model.spec, np.concatenate(preds), np.concatenate(labels))
+            metrics.update({f"ood/{name}/{k}": v for k, v in scores.items()})
+            sizes[name] = int(sum(len(x) for x in labels))
+    finally:
+        model.train(was_training)
+    return metrics, sizes
+
+
 class DevHistory(Callback):
     """Keeps every epoch's ``dev/*`` metrics, so the record can give those of the selected epoch."""
 
@@ -344,6 +384,8 @@ def _to_dict(ns: Any) -> dict[str, Any]:
         return {k: _to_dict(v) for k, v in vars(ns).items() if not k.startswith("__")}
     if isinstance(ns, (list, tuple)):
         return [_to_dict(v) for v in ns]  # type: ignore[return-value]
+    if isinstance(ns, dict):  # e.g. data.ood: a dict of dataclass namespaces
+        return {k: _to_dict(v) for k, v in ns.items()}
     return ns
 
 

@@ -367,6 +367,11 @@ class TaskDataModule(L.LightningDataModule):
 
 def _check_ood(name: str, o: OODSet, train) -> OODSet:
     """Refuse an OOD set whose task, split or label map does not fit the training task (one line each)."""
+    if isinstance(o, dict):  # Python callers may pass plain mappings
+        unknown = sorted(set(o) - {"task", "label_map", "split"})
+        if unknown:
+            raise ConfigError(f"data.ood.{name}: unknown key {unknown[0]!r}; allowed: task, label_map, split")
+        o = OODSet(**o)
     spec = get_task(o.task)
     if o.split not in ("train", "dev"):
         raise ConfigError(f"data.ood.{name}.split {o.split!r} is unknown; allowed: train, dev")
