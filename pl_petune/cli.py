@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from pl_petune.errors import PetuneError
+
 # subcommand -> "module:function"; each takes argv (list of str) and returns an exit code.
 TOOLS = {
     "params": "pl_petune.params:main",
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd in TOOLS:
             module, func = TOOLS[cmd].split(":")
             return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
-    except UsageError as err:
+    except (UsageError, PetuneError) as err:
         print(f"petune {cmd}: error: {err}", file=sys.stderr)
         return 2
     print(f"petune: error: unknown command {cmd!r}; known: {', '.join(LIGHTNING + tuple(TOOLS))}", file=sys.stderr)

@@ -30,6 +30,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_fit_then_resume_matches_uninterrupted(tmp_path, tiny_bert, data_dir):
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
     ref = subprocess.run(_argv(tiny_bert, data_dir, ref_dir), env=_env(), capture_output=True, text=True,
