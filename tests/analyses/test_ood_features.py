@@ -125,3 +125,38 @@ def test_saved_features_are_what_the_head_reads(run, data_dir):
     assert torch.allclose(dev, feats, atol=1e-6)
     assert torch.allclose(model.head(dev), torch.cat(logits), atol=1e-5)  # the head maps them to the logits
     assert saved["dev_labels"].tolist() == torch.cat(labels).tolist()
+
+
+def test_features_plot_writes_png_and_silhouettes_of_the_saved_inputs(run, tmp_path, capsys):
+    from sklearn.metrics import silhouette_score
+
+    out = tmp_path / "fig.png"
+    assert main(["features", "plot", "--runs", run["run_dir"], run["run_dir"], "--labels", "A", "B",
+                 "--out", str(out), "--reduce", "pca"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scores = json.loads(out.with_suffix(".json").read_text())
+    saved = np.load(Path(run["run_dir"]) / "features.npz")
+    assert [s["panel"] for s in scores] == ["A", "B"]
+    assert scores[0]["silhouette_dev"] == pytest.approx(silhouette_score(saved["dev_features"], saved["dev_labels"]))
+    assert "| A |" in capsys.readouterr().out
+
+
+def test_silhouette_ranks_separated_classes_above_mixed_ones():
+    from pl_petune.features import silhouette
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 50)
+    mixed = rng.normal(size=(100, 8))
+    separated = mixed + labels[:, None] * 6.0
+    assert silhouette(separated, labels) > 0.5 > silhouette(mixed, labels)
+    assert np.isnan(silhouette(mixed, np.zeros(100)))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["plot", "--runs", "/nonexistent"], "no features.npz in '/nonexistent'"),
+    (["plot", "--runs", "a", "b", "--labels", "x"], "--labels gives 1 titles for 2 runs"),
+    (["plot", "--runs", "a", "--reduce", "umap"], "unknown --reduce 'umap'; choose from: tsne, pca"),
+])
+def test_features_command_refuses_in_one_line(argv, needle, capsys):
+    assert main(["features", *argv]) == 2
+    assert needle in capsys.readouterr().err
