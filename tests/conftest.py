@@ -47,6 +47,22 @@ def tiny_roberta(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random T5Model (encoder-decoder) with the MiniLM tokenizer ([SEP] ends inputs)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5Model
+
+    from pl_petune.backbones import resolve_backbone
+
+    path = tmp_path_factory.mktemp("tiny_t5")
+    torch.manual_seed(0)
+    T5Model(T5Config(vocab_size=30522, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, pad_token_id=0,
+                     eos_token_id=102, decoder_start_token_id=0)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> str:
     if not (SHARED_DATA / "super_glue" / "CB" / "train.jsonl").is_file():
         pytest.skip(f"shared data not found at {SHARED_DATA}")

