@@ -2,7 +2,8 @@
 
 Reads the complete records of a store (:class:`pl_petune.store.Store`), computes the statistics with the
 pure functions of :mod:`pl_petune.stats`, and writes ``table2``, ``table3``, ``table4`` (when the store holds
-weight-init or data-order series) and ``upper_bound`` as Markdown, CSV and LaTeX, plus the figures
+weight-init or data-order series), ``upper_bound`` and ``ood`` (in- vs out-of-distribution scores, when runs
+declared ``data.ood``) as Markdown, CSV and LaTeX, plus the figures
 ``fig_stability.png``, ``fig_density.png``, ``fig_spread.png`` and ``upper_bound.png``. Table 2's Markdown
 is printed to stdout. See docs/reports.md.
 
@@ -116,7 +117,10 @@ def main(argv: list[str]) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    grids = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis)]
+    from pl_petune.stats.ood import ood_table
+
+    grids = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
+             ood_table(records, ddof=args.ddof, digits=args.digits)]  # None unless runs declared data.ood
     written: list[Path] = []
     for grid in (g for g in grids if g is not None):
         for fmt, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
