@@ -53,7 +53,8 @@ def test_leaky_protocol_allows_dev_as_test(tiny_bert, data_dir):
     assert dm.split_sizes() == {"train": 250, "dev": 56, "test": 56}
 
 
-def test_tokenized_once_and_reused(tiny_bert, data_dir):
+def test_tokenized_once_and_reused(tiny_bert, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PETUNE_CACHE", str(tmp_path))  # a cache of its own: other tests share the session's
     dm = _dm(tiny_bert, data_dir)
     dm.setup("fit")
     entries = sorted(p.name for p in cache_root().iterdir() if p.name.startswith("cb-"))
