@@ -22,6 +22,9 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
                "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
 os.environ.setdefault("PETUNE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+# One intra-op thread by default (``--threads`` changes it): on a loaded machine, two OpenMP threads spin at
+# their barriers while the other is descheduled, and that spinning is counted as CPU time of the step.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -33,6 +36,18 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, load average {load:.1f} at start")
+
+
+def add_threads_arg(ap) -> None:
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1 gives steady CPU times on a shared machine; use the core count "
+                         "on a quiet one)")
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def median(xs: list[float]) -> float:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import fmt_ratio, machine, median, rte_datamodule
+from _common import add_threads_arg, fmt_ratio, machine, median, rte_datamodule, set_threads
 
 
 def main() -> None:
@@ -28,7 +28,9 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=320, help="training examples (RTE has 2241 after the split)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
+    add_threads_arg(ap)
     a = ap.parse_args()
+    set_threads(a.threads)
 
     import numpy as np
     import torch

@@ -2,7 +2,7 @@
 
 Same model (the offline MiniLM, 6 x 384), same data (RTE train under the fair protocol, tokenized once),
 same batch and sequence length (every batch padded to ``--max-length``, so both sides do the same work per
-step), gradient clipping at 1.0 and AdamW on both sides, dropout on, 2 CPU threads.
+step), gradient clipping at 1.0 and AdamW on both sides, dropout on, one torch thread (``--threads``).
 
 - pl_petune: the method's LightningModule in a Lightning ``Trainer`` (no logger, no checkpoint, no validation).
 - HF: ``AutoModelForSequenceClassification`` in ``transformers.Trainer``; LoRA (query, value; r 8, alpha 16)
@@ -30,7 +30,8 @@ import tempfile
 import time
 from typing import Any
 
-from _common import HeapProbe, fmt_ratio, machine, median, rte_datamodule, steady_throughput
+from _common import (HeapProbe, add_threads_arg, fmt_ratio, machine, median, rte_datamodule, set_threads,
+                     steady_throughput)
 
 METHODS = ("finetune", "lora", "prefix", "bitfit", "adapter")
 PETUNE_ARGS: dict[str, dict[str, Any]] = {
@@ -132,6 +133,117 @@ class HFSide:
         return list(self.stamps)
 
 
+class PetuneStep:
+    """One training step as Lightning's automatic optimization runs it for the module: its forward and loss,
+    backward, clip at 1.0, AdamW over the module's own param groups, ``zero_grad(set_to_none=True)``."""
+
+    def __init__(self, method: str) -> None:
+        import torch
+
+        self.model = petune_model(method)
+        self.model.train()
+        self.opt = torch.optim.AdamW(self.model.param_groups(), lr=1e-4)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def __call__(self, batch) -> None:
+        import torch
+
+        _, loss = self.model._step(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+class HFStep:
+    """One training step as ``transformers.Trainer``'s inner loop runs it: ``Trainer.training_step`` (inputs
+    prepared, forward, loss, backward through accelerate), ``accelerator.clip_grad_norm_`` at 1.0, the
+    optimizer the Trainer creates, ``model.zero_grad()``."""
+
+    def __init__(self, method: str, dm, batch_size: int) -> None:
+        from transformers import Trainer, TrainingArguments
+
+        self.model = hf_model(method)
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hf_bench_"), per_device_train_batch_size=batch_size,
+                                 learning_rate=1e-4, max_grad_norm=1.0, report_to=[], save_strategy="no",
+                                 disable_tqdm=True, use_cpu=True, seed=1, max_steps=1)
+        self.trainer = Trainer(model=self.model, args=args, train_dataset=dm.datasets["train"])
+        self.trainer.create_optimizer()
+        self.trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop, which we do not enter
+        self.model.train()
+
+    def __call__(self, batch) -> None:
+        t = self.trainer
+        t.training_step(self.model, dict(batch))
+        t.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+        t.optimizer.step()
+        self.model.zero_grad()
+
+
+def optimizer_state_bytes(opt) -> int:
+    return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+               if hasattr(v, "numel"))
+
+
+def paired(methods: list[str], dm, a) -> None:
+    """Step-level interleaving: every round runs one step of each (method, side), in a rotating order."""
+    import itertools
+
+    batches = list(itertools.islice(iter(dm.train_dataloader()), a.steps + a.warmup))
+    sides: dict[tuple[str, str], Any] = {}
+    for m in methods:
+        sides[(m, "petune")] = PetuneStep(m)
+        sides[(m, "hf")] = HFStep(m, dm, a.batch_size)
+        for s in ("petune", "hf"):
+            print(f"  {m:9s} {s:6s} trainable parameters {trainable(sides[(m, s)].model):>10,}")
+    keys = list(sides)
+    cpu: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    wall: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    heap: dict[tuple[str, str], list[int]] = {k: [] for k in keys}
+    probe = HeapProbe()
+    t0 = time.time()
+    for i, batch in enumerate(batches):
+        order = keys[i % len(keys):] + keys[: i % len(keys)]
+        for k in (order if i % 2 == 0 else order[::-1]):
+            w, c = time.perf_counter(), time.process_time()
+            with probe:
+                sides[k](batch)
+            if i >= a.warmup:
+                cpu[k].append(time.process_time() - c)
+                wall[k].append(time.perf_counter() - w)
+                heap[k].append(probe.peak)
+        print(f"  step round {i + 1}/{len(batches)} done ({time.time() - t0:.0f}s)", flush=True)
+
+    def per_s(xs: list[float]) -> float:
+        return a.batch_size / median(xs)
+
+    print(f"\nbatch {a.batch_size} x length {a.max_length} (padded), RTE train; {a.steps} steps per (method, side) "
+          f"after {a.warmup} warm-up, interleaved step by step; medians")
+    print("| method | pl_petune samples/CPU-s | HF samples/CPU-s | throughput ratio (target >= 1.0x) | wall ratio | "
+          "step peak MiB pl_petune / HF | optimizer state MiB pl_petune / HF |")
+    print("|---|---|---|---|---|---|---|")
+    for m in methods:
+        p, h = per_s(cpu[(m, "petune")]), per_s(cpu[(m, "hf")])
+        pw, hw = per_s(wall[(m, "petune")]), per_s(wall[(m, "hf")])
+        pm, hm = median(heap[(m, "petune")]) / 2**20, median(heap[(m, "hf")]) / 2**20
+        po = optimizer_state_bytes(sides[(m, "petune")].opt) / 2**20
+        ho = optimizer_state_bytes(sides[(m, "hf")].trainer.optimizer) / 2**20
+        print(f"| {m} | {p:.2f} | {h:.2f} | {fmt_ratio(p / h, 1.0)} | {pw / hw:.2f}x | {pm:.0f} / {hm:.0f} | "
+              f"{po:.1f} / {ho:.1f} |")
+    print("step peak: malloc bytes in use above the step's start (activations, gradients, temporaries; "
+          "HeapProbe); optimizer state: AdamW moments, exact")
+    if "finetune" in methods:
+        ft = median(cpu[("finetune", "petune")])
+        print("\nPET step time / full-FT step time, pl_petune, same batch (target <= 0.75x):")
+        for m in methods:
+            if m != "finetune":
+                print(f"  {m:9s} {fmt_ratio(median(cpu[(m, 'petune')]) / ft, 0.75, higher_is_better=False)}")
+    print("\nper-step CPU-seconds (pl_petune | HF):")
+    for m in methods:
+        print(f"  {m:9s} " + " ".join(f"{x:.2f}" for x in cpu[(m, "petune")]) + " | "
+              + " ".join(f"{x:.2f}" for x in cpu[(m, "hf")]))
+
+
 def trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -139,12 +251,16 @@ def trainable(model) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per run")
+    ap.add_argument("--whole-runs", action="store_true",
+                    help="time whole Trainer.fit / Trainer.train runs, alternated, instead of interleaved steps")
+    ap.add_argument("--rounds", type=int, default=2, help="with --whole-runs: runs per (method, side)")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per (method, side) [per run]")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per run (>= 1)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=64)
+    add_threads_arg(ap)
     a = ap.parse_args()
+    set_threads(a.threads)
     methods = [m for m in a.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
     if bad or a.warmup < 1:
@@ -163,6 +279,9 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     dm = rte_datamodule(a.batch_size, a.max_length, pad_to_max_length=True)
+    if not a.whole_runs:
+        paired(methods, dm, a)
+        return
     sides: dict[tuple[str, str], Any] = {}
     for m in methods:
         sides[(m, "petune")] = PetuneSide(m, dm, a.batch_size)

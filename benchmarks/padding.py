@@ -3,16 +3,16 @@
 One model (LoRA by default; ``--method finetune`` for full finetuning) trains on batches from three loaders
 of the same ``TaskDataModule`` setup: ``pad128`` (``pad_to_max_length``, PETuning's), ``dynamic`` (each
 batch padded to its longest example; same examples in the same order as ``pad128``) and ``grouped``
-(``group_by_length``: similar lengths batched together, then dynamic padding). The timed batches are the
-same positions of each loader's first epoch, spread over the epoch. Rounds alternate the three modes; each
-mode's throughput is the median over rounds, in samples per CPU-second of this process (steady on a shared
-machine; the wall-time ratio is printed too). The step is the one Lightning runs (forward, loss, backward,
-clip at 1.0, AdamW over the module's own param groups).
+(``group_by_length``: similar lengths batched together, then dynamic padding). The timed batches of each
+loader sit at evenly spaced quantiles of its batch widths (the epoch's mix in a few steps). Rounds alternate
+the three modes; each mode's throughput is the median over rounds, in samples per CPU-second of this process
+(steady on a shared machine; the wall-time ratio is printed too). The step is the one Lightning runs
+(forward, loss, backward, clip at 1.0, AdamW over the module's own param groups).
 
 Also printed, over the whole epoch and without a model: the tokens each loader feeds the model, the
 work it saves whatever the machine.
 
-Usage: python benchmarks/padding.py [--method lora] [--batch-size 16] [--steps 4] [--rounds 2]
+Usage: python benchmarks/padding.py [--method lora] [--batch-size 16] [--steps 6] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import fmt_ratio, machine, median, rte_datamodule
+from _common import add_threads_arg, fmt_ratio, machine, median, rte_datamodule, set_threads
 
 MODES = ("pad128", "dynamic", "grouped")
 
@@ -37,9 +37,11 @@ def main() -> None:
     ap.add_argument("--method", default="lora")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per mode and round")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per mode and round")
     ap.add_argument("--rounds", type=int, default=2)
+    add_threads_arg(ap)
     a = ap.parse_args()
+    set_threads(a.threads)
 
     import torch
 
@@ -51,6 +53,10 @@ def main() -> None:
     print(f"\nRTE train ({n} batches of {a.batch_size}), tokens fed to the model per epoch (no model involved):")
     tokens = {k: sum(b["input_ids"].numel() for b in v) for k, v in batches.items()}
     real = sum(int(b["attention_mask"].sum()) for b in batches["pad128"])
+    lengths = [int(x) for b in batches["pad128"] for x in b["attention_mask"].sum(-1)]
+    full = sum(x >= a.max_length for x in lengths) / len(lengths)
+    print(f"  example lengths: median {sorted(lengths)[len(lengths) // 2]}, {100 * full:.0f}% reach "
+          f"{a.max_length} (truncated or exactly full)")
     for k in MODES:
         print(f"  {k:8s} {tokens[k]:>9,} tokens, {100 * real / tokens[k]:5.1f}% real, mean width "
               f"{tokens[k] / sum(b['input_ids'].shape[0] for b in batches[k]):.1f}")
@@ -59,7 +65,13 @@ def main() -> None:
     model.train()
     opt = torch.optim.AdamW(model.param_groups(), lr=1e-4)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    picks = [round(i * (n - 1) / max(1, a.steps)) for i in range(a.steps + 1)]  # first one is warm-up
+    # per loader, the timed batches sit at evenly spaced quantiles of its batch widths, so that a handful of
+    # steps carries the epoch's mix of short and long batches; the first pick is the (untimed) warm-up step
+    def quantile_picks(bs: list) -> list[int]:
+        by_width = sorted(range(len(bs)), key=lambda i: bs[i]["input_ids"].shape[-1])
+        return [by_width[len(bs) // 2]] + [by_width[int((i + 0.5) * len(bs) / a.steps)] for i in range(a.steps)]
+
+    picks = {k: quantile_picks(v) for k, v in batches.items()}
 
     def step(batch) -> None:
         _, loss = model._step(batch)
@@ -74,11 +86,11 @@ def main() -> None:
     for r in range(a.rounds):
         order = MODES if r % 2 == 0 else MODES[::-1]
         for k in order:
-            step(batches[k][picks[0]])
+            step(batches[k][picks[k][0]])
             start, cpu = time.perf_counter(), time.process_time()
-            for i in picks[1:]:
+            for i in picks[k][1:]:
                 step(batches[k][i])
-            samples = sum(batches[k][i]["input_ids"].shape[0] for i in picks[1:])
+            samples = sum(batches[k][i]["input_ids"].shape[0] for i in picks[k][1:])
             speed[k].append(samples / (time.process_time() - cpu))
             wall[k].append(samples / (time.perf_counter() - start))
         print(f"  round {r + 1}/{a.rounds} done ({time.time() - t0:.0f}s)", flush=True)

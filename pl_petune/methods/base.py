@@ -273,12 +273,22 @@ class PetuneModule(L.LightningModule):
                   {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 
+    def _fused_adamw(self, groups: list[dict[str, Any]]) -> bool:
+        """Use torch's fused AdamW (one kernel over all tensors, HF Trainer's default; ~7x faster updates on CPU,
+        equal to the looped one up to float rounding) unless a tensor is not a float on CPU/CUDA, or fp16 AMP
+        is on: Lightning refuses to clip gradients for an optimizer that unscales them itself."""
+        params = [p for g in groups for p in g["params"]]
+        if any(not p.is_floating_point() or p.device.type not in ("cpu", "cuda") for p in params):
+            return False
+        trainer = self._trainer
+        return trainer is None or not str(trainer.precision).startswith("16")
+
     def configure_optimizers(self):
         groups = self.param_groups()
         if not groups:
             raise ValueError(f"{type(self).__name__} has no trainable parameters")
         opt = torch.optim.AdamW(groups, lr=self.hparams.lr, eps=self.hparams.adam_eps,
-                                betas=tuple(self.hparams.betas))
+                                betas=tuple(self.hparams.betas), fused=self._fused_adamw(groups))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(math.ceil(self.hparams.warmup_ratio * total))
         from transformers import get_linear_schedule_with_warmup

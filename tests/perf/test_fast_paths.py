@@ -122,4 +122,5 @@ def test_frozen_parameters_get_no_grad_and_no_optimizer_state(tiny_bert, method,
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and in_opt == trainable
     assert {id(p) for p in opt.state} == trainable  # AdamW moments exist for the trainable ones only
+    assert opt.defaults["fused"] is True  # one fused kernel for the update (fp32 on CPU)
     assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
