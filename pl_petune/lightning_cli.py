@@ -32,7 +32,7 @@ NON_IDENTITY = {
     "config", "run", "ckpt_path", "verbose",
     "data.data_dir", "data.num_workers", "data.eval_batch_size",
     "trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.log_every_n_steps", "trainer.callbacks", "trainer.devices", "trainer.accelerator",
+    "trainer.log_every_n_steps", "trainer.devices", "trainer.accelerator",
     "checkpoint.dirpath", "checkpoint.filename", "checkpoint.save_last", "checkpoint.verbose",
     "checkpoint.save_top_k", "early_stopping.verbose",
 }
@@ -216,7 +216,9 @@ class PetuneCLI(LightningCLI):
             "model_class": cfg.model.class_path, "backbone": cfg.model.init_args.backbone,
             "protocol": dm.protocol, "leaky": dm.leaky,
             "init_seed": cfg.model.init_args.init_seed, "data_seed": cfg.data.data_seed, "seed_mode": seed_mode,
-            "hparams": info["identity"], "primary_metric": spec.primary_metric.name,
+            "hparams": {k: v for k, v in _flat(_to_dict(cfg)).items()
+                        if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)},
+            "identity": info["identity"], "primary_metric": spec.primary_metric.name,
             "higher_is_better": spec.primary_metric.higher_is_better,
             "monitor": cfg.early_stopping.monitor, "train_size": sizes.get("train"),
             "dev_size": sizes.get("dev"), "test_size": sizes.get("test"),
@@ -345,10 +347,32 @@ def _apply_protocol(cfg: Any):
     return spec
 
 
+# Keys that always identify a run, even at their default values.
+ALWAYS_IDENTITY = ("model.class_path", "model.init_args.backbone", "model.init_args.init_seed", "model.init_args.lr",
+                   "data.task", "data.protocol", "data.data_seed", "data.max_length", "data.batch_size",
+                   "trainer.max_epochs", "early_stopping.monitor", "early_stopping.patience")
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def _defaults(class_path: str) -> dict[str, Any]:
+    """The flattened default config of a ``fit`` run of ``class_path`` (cached)."""
+    if class_path not in _DEFAULTS:
+        _DEFAULTS[class_path] = _flat(_to_dict(parse_only(["fit", "--model.class_path", class_path])["fit"]))
+    return _DEFAULTS[class_path]
+
+
 def _identity(cfg: Any) -> dict[str, Any]:
-    """The config keys that identify a run (everything but :data:`NON_IDENTITY`), flattened."""
-    return {k: v for k, v in _flat(_to_dict(cfg)).items()
-            if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)}
+    """The config keys that identify a run, flattened: those not in :data:`NON_IDENTITY` whose value differs
+    from the default (plus :data:`ALWAYS_IDENTITY`).
+
+    Leaving defaults out keeps a run's key stable when a later pl_petune adds an option with a default, so a
+    sweep resumed after an upgrade still skips its finished runs.
+    """
+    flat = _flat(_to_dict(cfg))
+    defaults = _defaults(flat["model.class_path"])
+    return {k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)
+            and (k in ALWAYS_IDENTITY or k not in defaults or defaults[k] != v)}
 
 
 def run_key_for(argv: list[str], config: Any = None) -> str:

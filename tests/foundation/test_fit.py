@@ -113,3 +113,24 @@ def test_print_config_round_trips(capsys):
     assert main(["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--print_config"]) == 0
     out = capsys.readouterr().out
     assert "class_path: pl_petune.methods.FullFinetune" in out and "task: cb" in out
+
+
+def test_callbacks_are_part_of_the_run_identity():
+    """FT and LP-FT differ only by a trainer callback; they must not share a run key (or a run folder)."""
+    from pl_petune.lightning_cli import run_key_for
+
+    base = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml")]
+    lpft = base + ["--trainer.callbacks+=pl_petune.callbacks.HeadWarmStart",
+                   "--trainer.callbacks.stage1_epochs=1"]
+    assert run_key_for(base) != run_key_for(lpft)
+    assert run_key_for(base) == run_key_for(base + ["--trainer.enable_progress_bar", "false"])
+
+
+def test_run_key_ignores_options_left_at_their_default():
+    """Spelling out a default does not change the key (so a new option with a default keeps old keys)."""
+    from pl_petune.lightning_cli import run_key_for
+
+    base = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml")]
+    assert run_key_for(base) == run_key_for(base + ["--model.init_args.weight_decay", "0.0"])
+    assert run_key_for(base) != run_key_for(base + ["--model.init_args.weight_decay", "0.01"])
+    assert run_key_for(base) != run_key_for(base + ["--data.data_seed", "2"])
