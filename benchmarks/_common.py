@@ -50,6 +50,16 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def module_optimizer(model):
+    """The AdamW that ``model.configure_optimizers`` builds (same groups, fused where it would be), without the
+    Trainer that method needs for its schedule (the benchmarks run no schedule, on either side)."""
+    import torch
+
+    groups = model.param_groups()
+    hp = model.hparams
+    return torch.optim.AdamW(groups, lr=hp.lr, eps=hp.adam_eps, betas=tuple(hp.betas), fused=model._fused_adamw(groups))
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 

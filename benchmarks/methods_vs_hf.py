@@ -30,8 +30,8 @@ import tempfile
 import time
 from typing import Any
 
-from _common import (HeapProbe, add_threads_arg, fmt_ratio, machine, median, rte_datamodule, set_threads,
-                     steady_throughput)
+from _common import (HeapProbe, add_threads_arg, fmt_ratio, machine, median, module_optimizer, rte_datamodule,
+                     set_threads, steady_throughput)
 
 METHODS = ("finetune", "lora", "prefix", "bitfit", "adapter")
 PETUNE_ARGS: dict[str, dict[str, Any]] = {
@@ -135,14 +135,14 @@ class HFSide:
 
 class PetuneStep:
     """One training step as Lightning's automatic optimization runs it for the module: its forward and loss,
-    backward, clip at 1.0, AdamW over the module's own param groups, ``zero_grad(set_to_none=True)``."""
+    backward, clip at 1.0, AdamW as the module configures it, ``zero_grad(set_to_none=True)``."""
 
     def __init__(self, method: str) -> None:
         import torch
 
         self.model = petune_model(method)
         self.model.train()
-        self.opt = torch.optim.AdamW(self.model.param_groups(), lr=1e-4)
+        self.opt = module_optimizer(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def __call__(self, batch) -> None:

