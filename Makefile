@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export PETUNE_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup quickstart test test-slow
+.PHONY: setup quickstart test test-slow test-real
 
 # One pip command resolves the whole stack (installing pieces later broke transformers; REFERENCE §8).
 # torch==2.13.0 first in the same command takes the CPU wheel on disk instead of a CUDA build.
@@ -25,5 +25,10 @@ quickstart: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2
 
+# Slow, CPU-only checks CI also runs: SIGKILL-and-resume, full parse of every sweep run and recipe.
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow tests/reliability tests/sweeps tests/recipes
+
+# Every method recipe trained on the real MiniLM and CB (about 3 minutes each on 2 cores; not in CI).
+test-real: setup
+	$(BIN)/python -m pytest -q -m slow tests/methods
