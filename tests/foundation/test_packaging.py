@@ -23,3 +23,13 @@ def test_wheel_layout(tmp_path):
     assert any(n.endswith("entry_points.txt") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "petune = pl_petune.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_callbacks_depend_on_lightning_and_torch_only():
+    """DESIGN invariant: other projects can use pl_petune.callbacks without the rest of pl_petune."""
+    code = ("import sys, pl_petune.callbacks; "
+            "print(sorted(m for m in sys.modules if m.startswith('pl_petune') and m != 'pl_petune' "
+            "and not m.startswith('pl_petune.callbacks')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
