@@ -124,3 +124,17 @@ def test_frozen_parameters_get_no_grad_and_no_optimizer_state(tiny_bert, method,
     assert {id(p) for p in opt.state} == trainable  # AdamW moments exist for the trainable ones only
     assert opt.defaults["fused"] is True  # one fused kernel for the update (fp32 on CPU)
     assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+
+
+@pytest.mark.slow
+def test_compiled_backbone_computes_what_the_eager_one_does(tiny_bert):
+    """A real ``torch.compile`` (inductor builds C++ on CPU: about 20 s on a tiny model, minutes when loaded)."""
+    eager = METHODS["lora"](task="cb", backbone=tiny_bert, r=2)
+    model = METHODS["lora"](task="cb", backbone=tiny_bert, r=2, compile=True)
+    model.load_state_dict(eager.state_dict())
+    model.configure_model()
+    eager.eval()
+    model.eval()
+    ids = torch.randint(1000, 5000, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, torch.ones_like(ids)), eager(ids, torch.ones_like(ids)))
