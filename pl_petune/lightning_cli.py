@@ -9,7 +9,6 @@ other.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -21,6 +20,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from pl_petune.callbacks.devsplit import _sha256
 from pl_petune.data.module import TaskDataModule
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.methods import PetuneModule
@@ -70,12 +70,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # The run whose "running" record this process wrote; marked failed if the process fails before completing.

@@ -178,13 +178,10 @@ class PetuneModule(L.LightningModule):
 
     # ---- trainable set -----------------------------------------------------------------------------
     def apply_trainable(self, names: Iterable[str]) -> None:
-        names = set(names)
-        known = {n for n, _ in self.named_parameters()}
-        unknown = sorted(names - known)
-        if unknown:
-            raise ValueError(f"trainable parameter(s) {unknown[:3]} do not exist in {type(self).__name__}")
-        for n, p in self.named_parameters():
-            p.requires_grad_(n in names)
+        """Make exactly ``names`` trainable and freeze every other parameter (the shared selection mechanism)."""
+        from pl_petune.callbacks.selection import set_trainable
+
+        set_trainable(self, names)
 
     def trainable_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
