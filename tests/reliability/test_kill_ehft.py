@@ -1,0 +1,63 @@
+"""SIGKILL during the second stage of a two-stage run (LP-FT through HeadWarmStart inside `petune fit`):
+rerunning resumes in stage 2 and ends with the numbers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pl_petune.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _argv(tiny_bert, data_dir, out: Path) -> list[str]:
+    return [sys.executable, "-m", "pl_petune", "fit", "--config", str(ROOT / "recipes" / "methods" / "lpft.yaml"),
+            "--model.init_args.backbone", tiny_bert, "--data.data_dir", data_dir, "--data.train_limit", "96",
+            "--data.max_length", "48", "--data.batch_size", "8", "--trainer.max_epochs", "4",
+            "--early_stopping.patience", "10", "--trainer.enable_progress_bar", "false",
+            "--run.out_dir", str(out / "runs"), "--run.store", str(out / "store.sqlite")]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_sigkill_in_stage_two_then_resume_matches_uninterrupted(tmp_path, tiny_bert, data_dir):
+    ref = subprocess.run(_argv(tiny_bert, data_dir, tmp_path / "ref"), env=_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    (reference,) = Store(tmp_path / "ref" / "store.sqlite").records()
+    assert reference["extra"]["head_warm_start"]["switch_epoch"] == 1
+
+    out = tmp_path / "kill"
+    proc = subprocess.Popen(_argv(tiny_bert, data_dir, out), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    saves, last_mtime, deadline = 0, None, time.time() + 600
+    while time.time() < deadline and proc.poll() is None and saves < 2:
+        found = list((out / "runs").glob("cb/*/*/checkpoints/last.ckpt"))
+        if found:
+            mtime = found[0].stat().st_mtime_ns
+            if mtime != last_mtime:
+                saves, last_mtime = saves + 1, mtime
+        time.sleep(0.05)
+    assert saves >= 2, "the run ended before a stage-2 checkpoint was written"
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    again = subprocess.run(_argv(tiny_bert, data_dir, out), env=_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming run" in again.stderr
+    (resumed,) = Store(out / "store.sqlite").records()
+    hws = resumed["extra"]["head_warm_start"]
+    assert hws["stage"] == 2 and hws["switch_epoch"] == 1
+    assert resumed["test_metrics"] == pytest.approx(reference["test_metrics"], abs=1e-6)
+    assert resumed["best_epoch"] == reference["best_epoch"] and resumed["steps"] == reference["steps"]
