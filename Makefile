@@ -25,9 +25,9 @@ quickstart: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2
 
-# Slow, CPU-only checks CI also runs: SIGKILL-and-resume, full parse of every sweep run and recipe.
+# Slow, CPU-only checks CI also runs: SIGKILL-and-resume, a full parse of every run of every sweep file.
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow tests/reliability tests/sweeps tests/recipes
+	$(BIN)/python -m pytest -q -m slow tests/reliability tests/sweeps
 
 # Every method recipe trained on the real MiniLM and CB (about 3 minutes each on 2 cores; not in CI).
 test-real: setup
