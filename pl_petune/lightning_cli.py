@@ -267,6 +267,40 @@ class PetuneCLI(LightningCLI):
         print(f"petune: record {record['run_key']} -> {record['run_dir']}/record.json")
 
 
+def evaluate_ood(model: PetuneModule, dm: TaskDataModule) -> tuple[dict[str, float], dict[str, int]]:
+    """Score ``model`` as it is (after the test pass: the best checkpoint) on every OOD set of ``dm``.
+
+    Returns:
+        ``{"ood/<name>/<metric>": value}`` with the training task's metrics over the mapped labels, and
+        ``{name: number of examples}``.
+    """
+    import numpy as np
+    import torch
+
+    from pl_petune.metrics import score_predictions
+
+    metrics: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for name in dm.ood:
+            preds, labels = [], []
+            with torch.no_grad():
+                for batch in dm.ood_dataloader(name):
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                    preds.append(model.predictions(logits).cpu().numpy())
+                    labels.append(batch["labels"].cpu().numpy())
+            scores = score_predictions(model.spec, np.concatenate(preds), np.concatenate(labels))
+            metrics.update({f"ood/{name}/{k}": v for k, v in scores.items()})
+            sizes[name] = int(sum(len(x) for x in labels))
+    finally:
+        model.train(was_training)
+    return metrics, sizes
+
+
 class DevHistory(Callback):
     """Keeps every epoch's ``dev/*`` metrics, so the record can give those of the selected epoch."""
 
