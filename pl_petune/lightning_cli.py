@@ -163,7 +163,7 @@ class PetuneCLI(LightningCLI):
             raise PetuneError(f"no best checkpoint was saved for monitor {ckpt_cb.monitor!r}; is it logged?")
         info["best"] = {"path": best, "sha256": _sha256(best),
                         "score": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None}
-        dev_metrics = self._best_dev_metrics(best)
+        dev_metrics = self._best_dev_metrics()
         dm.unlock_heldout()
         results = trainer.test(self.model, datamodule=dm, ckpt_path=best, verbose=False)
         test_metrics = {k: float(v) for k, v in results[0].items()}
@@ -186,7 +186,7 @@ class PetuneCLI(LightningCLI):
             shutil.rmtree(info["dir"] / "checkpoints", ignore_errors=True)
         self._print_summary(record)
 
-    def _best_dev_metrics(self, best: str) -> dict[str, float]:
+    def _best_dev_metrics(self) -> dict[str, float]:
         """Dev metrics of the selected epoch, as logged at that epoch's validation."""
         return dict(self._dev_history.history.get(self._best_epoch(), {}))
 

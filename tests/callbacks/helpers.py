@@ -142,3 +142,11 @@ class Probe(L.Callback):
         e = trainer.current_epoch
         self.trainable[e] = [n for n, p in pl_module.named_parameters() if p.requires_grad]
         self.weights[e] = snapshot(pl_module)
+
+
+def fit(model, callbacks, tmp_path, max_epochs: int = 3, ckpt_path=None, **kw) -> L.Trainer:
+    """Fit ``model`` on :func:`make_data` with ``callbacks``; returns the trainer."""
+    train, dev = make_data()
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=max_epochs, callbacks=callbacks, **kw))
+    trainer.fit(model, train, dev, ckpt_path=ckpt_path)
+    return trainer

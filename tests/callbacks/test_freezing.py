@@ -7,22 +7,17 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
 
-from helpers import Interrupt, Probe, TinyModule, make_data, snapshot, trainer_kwargs
+from helpers import Interrupt, Probe, TinyModule, fit, snapshot, trainer_kwargs
 from pl_petune.callbacks import CallbackMisuse, Freezing, SelectionError
 
 
-def _fit(model, callbacks, tmp_path, max_epochs=3, ckpt_path=None, **kw):
-    train, dev = make_data()
-    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=max_epochs, callbacks=callbacks, **kw))
-    trainer.fit(model, train, dev, ckpt_path=ckpt_path)
-    return trainer
 
 
 def test_freeze_backbone_keep_biases_exact_trainable_set(tmp_path):
     model = TinyModule()
     before = snapshot(model)
     probe = Probe()
-    _fit(model, [Freezing(keep=[{"bias_only": True}]), probe], tmp_path, max_epochs=1)
+    fit(model, [Freezing(keep=[{"bias_only": True}]), probe], tmp_path, max_epochs=1)
     expected = {n for n, _ in model.named_parameters() if n.startswith("head.") or n.endswith("bias")}
     assert set(probe.trainable[0]) == expected
     after = model.state_dict()
@@ -32,11 +27,11 @@ def test_freeze_backbone_keep_biases_exact_trainable_set(tmp_path):
 def test_top_k_and_layer_ranges(tmp_path):
     model = TinyModule()
     probe = Probe()
-    _fit(model, [Freezing(top_k=1), probe], tmp_path, max_epochs=1)
+    fit(model, [Freezing(top_k=1), probe], tmp_path, max_epochs=1)
     assert set(probe.trainable[0]) == {n for n, _ in model.named_parameters()
                                        if n.startswith("head.") or n.startswith("backbone.layer.2.")}
     model = TinyModule()
-    _fit(model, [Freezing(freeze=[{"include": [r"^backbone\."], "layers": [0, 1]}, {"module_types": ["Linear"],
+    fit(model, [Freezing(freeze=[{"include": [r"^backbone\."], "layers": [0, 1]}, {"module_types": ["Linear"],
                                                                                       "exclude": ["layer", "head"]}]),
                  probe := Probe()], tmp_path, max_epochs=1)
     assert {n for n, _ in model.named_parameters()} - set(probe.trainable[0]) == {
@@ -61,7 +56,7 @@ def test_zero_initialised_parameter_in_new_group_is_trained(tmp_path):
             self.lightning_keeps = bool(BaseFinetuning.filter_on_optimizer(opt, [pl_module.backbone.layer[2].dense.bias]))
 
     check = Check()
-    _fit(model, [freezing, check], tmp_path, max_epochs=1)
+    fit(model, [freezing, check], tmp_path, max_epochs=1)
     assert check.groups == 2 and check.in_new
     assert not check.lightning_keeps
     assert bool(model.backbone.layer[2].dense.bias.abs().sum() > 0)
@@ -79,7 +74,7 @@ def test_new_group_follows_the_schedule(tmp_path):
             sched = trainer.lr_scheduler_configs[0].scheduler
             lrs.append((sched.last_epoch, [g["lr"] for g in groups]))
 
-    _fit(model, [freezing, Track()], tmp_path, max_epochs=2)
+    fit(model, [freezing, Track()], tmp_path, max_epochs=2)
     warm = lambda s: min(1.0, (s + 1) / 4)  # noqa: E731  (TinyModule's schedule)
     for step, group_lrs in lrs:
         assert group_lrs[0] == pytest.approx(1e-2 * warm(step))
@@ -93,7 +88,7 @@ def _gradual_run(tmp_path, callbacks=(), ckpt_path=None):
     model = TinyModule(schedule=True)
     freezing = Freezing(gradual_every=1, gradual_start=1)
     mc = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    trainer = _fit(model, [freezing, mc, *callbacks], tmp_path, max_epochs=4, ckpt_path=ckpt_path,
+    trainer = fit(model, [freezing, mc, *callbacks], tmp_path, max_epochs=4, ckpt_path=ckpt_path,
                    enable_checkpointing=True)
     return model, trainer
 
@@ -114,13 +109,13 @@ def test_resume_restores_requires_grad_groups_and_optimizer(tmp_path):
 
 def test_misuse_names_the_fix(tmp_path):
     with pytest.raises(SelectionError, match="matched no parameter"):
-        _fit(TinyModule(), [Freezing(freeze=[{"include": ["^encoder\\."]}])], tmp_path, max_epochs=1)
+        fit(TinyModule(), [Freezing(freeze=[{"include": ["^encoder\\."]}])], tmp_path, max_epochs=1)
     with pytest.raises(CallbackMisuse, match="needs an integer 'epoch'"):
         Freezing(unfreeze=[{"lr": 1e-3}])
     with pytest.raises(CallbackMisuse, match="either Freezing.unfreeze steps or gradual_every"):
         Freezing(unfreeze=[{"epoch": 1}], gradual_every=1)
     with pytest.raises(CallbackMisuse, match="selects no frozen parameter"):
-        _fit(TinyModule(), [Freezing(unfreeze=[{"epoch": 1, "include": ["^head\\."]}])], tmp_path, max_epochs=1)
+        fit(TinyModule(), [Freezing(unfreeze=[{"epoch": 1, "include": ["^head\\."]}])], tmp_path, max_epochs=1)
 
     class OneCycle(TinyModule):
         def configure_optimizers(self):
@@ -129,7 +124,7 @@ def test_misuse_names_the_fix(tmp_path):
                 opt, max_lr=1e-2, total_steps=100), "interval": "step"}}
 
     with pytest.raises(CallbackMisuse, match="OneCycleLR"):
-        _fit(OneCycle(), [Freezing(unfreeze=[{"epoch": 1}])], tmp_path, max_epochs=2)
+        fit(OneCycle(), [Freezing(unfreeze=[{"epoch": 1}])], tmp_path, max_epochs=2)
 
 
 def test_on_full_finetune(tmp_path, tiny_bert):

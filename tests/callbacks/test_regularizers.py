@@ -7,15 +7,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from helpers import Interrupt, TinyModule, make_data, snapshot, trainer_kwargs
+from helpers import Interrupt, TinyModule, fit, make_data, snapshot, trainer_kwargs
 from pl_petune.callbacks import CallbackMisuse, ChildTuningD, Mixout
 
 
 def _fit(model, callbacks, tmp_path, max_epochs=1, ckpt_path=None, **kw):
-    train, dev = make_data()
-    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=max_epochs, callbacks=callbacks, **kw))
-    trainer.fit(model, train, dev, ckpt_path=ckpt_path)
-    return trainer
+    return fit(model, callbacks, tmp_path, max_epochs=max_epochs, ckpt_path=ckpt_path, **kw)
 
 
 def test_mixout_forward_is_unbiased_and_eval_uses_weights(tmp_path):
