@@ -6,7 +6,8 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
-export PETUNE_DATA_DIR ?= $(abspath ../shared/data)
+# the shared GLUE/SuperGLUE files beside the clone when present; otherwise the hub
+export PETUNE_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
 .PHONY: setup quickstart test test-slow test-real
 
