@@ -183,7 +183,7 @@ class PetuneCLI(LightningCLI):
                 exp.summary.update({k: v for k, v in _flat(record).items() if isinstance(v, (int, float, str))})
         _ACTIVE.clear()
         if not self.config.fit.run.keep_checkpoints:
-            shutil.rmtree(info["dir"] / "checkpoints", ignore_errors=True)
+            discard_checkpoints(info["dir"] / "checkpoints")
         self._print_summary(record)
 
     def _best_dev_metrics(self) -> dict[str, float]:
@@ -265,6 +265,21 @@ class PetuneCLI(LightningCLI):
         line += f"; best dev epoch {record['best_epoch']}, {record['epochs']} epochs, {record['wall_time_s']:.0f}s"
         print(line)
         print(f"petune: record {record['run_key']} -> {record['run_dir']}/record.json")
+
+
+def discard_checkpoints(ckpt_dir: Path) -> None:
+    """Remove a finished run's checkpoint folder so that a kill at any instant leaves no resumable half of it.
+
+    The folder is first renamed (atomic on one file system), then deleted: a rerun never finds a ``last.ckpt``
+    whose best checkpoint was already removed. Leftovers of an interrupted deletion are swept on the next call.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    for old in ckpt_dir.parent.glob(f".{ckpt_dir.name}.discard-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    if ckpt_dir.exists():
+        trash = ckpt_dir.with_name(f".{ckpt_dir.name}.discard-{os.getpid()}-{time.time_ns()}")
+        os.replace(ckpt_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def evaluate_ood(model: PetuneModule, dm: TaskDataModule) -> tuple[dict[str, float], dict[str, int]]:

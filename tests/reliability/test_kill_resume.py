@@ -4,10 +4,8 @@ an uninterrupted run, one record, never a corrupt store."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_fit_then_resume_matches_uninterrupted(tmp_path, tiny_bert, data_dir):
+def test_sigkill_mid_fit_then_resume_matches_uninterrupted(tmp_path, tiny_bert, data_dir, kill_at):
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
     ref = subprocess.run(_argv(tiny_bert, data_dir, ref_dir), env=_env(), capture_output=True, text=True,
                          timeout=600)
@@ -40,18 +38,8 @@ def test_sigkill_mid_fit_then_resume_matches_uninterrupted(tmp_path, tiny_bert, 
 
     proc = subprocess.Popen(_argv(tiny_bert, data_dir, kill_dir), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    last = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((kill_dir / "runs").glob("cb/finetune/*/checkpoints/last.ckpt"))
-        if found and found[0].stat().st_size > 0:
-            last = found[0]
-            time.sleep(0.5)  # let the file be complete (Lightning writes it atomically)
-            break
-        time.sleep(0.2)
-    assert last is not None, "no last.ckpt appeared before the process ended"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ckpt = kill_at(proc, "cb/finetune/*/checkpoints/last.ckpt", kill_dir / "runs", lambda c: True)
+    assert ckpt["epoch"] == 0
     rows = Store(kill_dir / "store.sqlite").rows()
     assert [r["status"] for r in rows] == ["running"], "the killed run is recorded as started, not complete"
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,14 @@ parameters:
     return path
 
 
+def _statuses(store: Path) -> list[str]:
+    try:
+        with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as db:
+            return [row[0] for row in db.execute("SELECT status FROM runs")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+
+
 def _sweep_cmd(sweep: Path, store: Path) -> list[str]:
     return [sys.executable, "-m", "pl_petune", "sweep", str(sweep), "--workers", "2", "--store", str(store),
             "--no-progress"]
@@ -176,9 +186,11 @@ def test_kill_the_runner_midway_then_rerun_gives_six_complete_records(tmp_path, 
     status: list[str] = []
     while time.time() < deadline and first.poll() is None:
         if store.exists():  # kill once a run is complete and another one is in flight
-            status = [r["status"] for r in Store(store).rows()]
+            os.killpg(first.pid, signal.SIGSTOP)  # frozen while we look: the state seen is the state killed
+            status = _statuses(store)  # read-only: a frozen writer may hold the write lock
             if "complete" in status and "running" in status:
                 break
+            os.killpg(first.pid, signal.SIGCONT)
         time.sleep(0.2)
     assert "complete" in status and first.poll() is None, \
         f"runner ended or no run completed: {first.stdout.read().decode() if first.poll() is not None else status}"
