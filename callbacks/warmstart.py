@@ -504,7 +504,6 @@ class HeadWarmStart(Callback):
         return torch.cat([allt[r, : int(c)] for r, c in enumerate(counts)])
 
     def _solve_lbfgs(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        import numpy as np
         from sklearn.linear_model import LogisticRegression
 
         _, head, _, _ = self._parts(pl_module)

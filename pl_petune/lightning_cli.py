@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -455,17 +456,24 @@ class _ParseOnlyCLI(PetuneCLI):
         pass
 
 
+# LightningCLI warns when given ``args`` while sys.argv has arguments too (``petune sweep ...`` parsing its runs);
+# petune always passes the argv it means.
+_ARGS_WARNING = ".*args parameter is intended to run from within Python.*"
+
+
 def parse_only(argv: list[str]):
     """Parse (and type-check) a ``petune fit|validate|test ...`` argv without building anything.
 
     Returns the parsed config namespace. Raises ``SystemExit(2)`` on a parse error, as the CLI would.
     Used by sweep validation to prove every expanded run's command parses.
     """
-    cli = _ParseOnlyCLI(
-        PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
-        seed_everything_default=False, args=argv, auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "yaml"}, parser_class=_Parser,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_ARGS_WARNING)
+        cli = _ParseOnlyCLI(
+            PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
+            seed_everything_default=False, args=argv, auto_configure_optimizers=False,
+            parser_kwargs={"parser_mode": "yaml"}, parser_class=_Parser,
+        )
     return cli.config
 
 
@@ -497,9 +505,7 @@ def run_lightning_cli(argv: list[str]) -> int:
     """Run ``petune fit|validate|test``; a user-fixable error prints one line and returns 2."""
     for var in ("TOKENIZERS_PARALLELISM",):
         os.environ.setdefault(var, "false")
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    warnings.filterwarnings("ignore", message=_ARGS_WARNING)
     _ACTIVE.clear()
     try:
         make_cli(argv)

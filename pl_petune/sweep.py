@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -464,7 +465,8 @@ class FitParser:
 
         # Built as parse_only builds it, once: parsing then costs ~40 ms per run instead of ~300 ms.
         extra = {"parser_class": lightning_cli._Parser} if hasattr(lightning_cli, "_Parser") else {}
-        with _quiet():
+        with _quiet(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=lightning_cli._ARGS_WARNING)
             cli = lightning_cli._ParseOnlyCLI(
                 PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
                 seed_everything_default=False, args=["fit", "--model=pl_petune.methods.FullFinetune"],

@@ -4,11 +4,9 @@ best checkpoint, a complete record in the store; bad input gets one line and exi
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
 
 from pl_petune.cli import main
 from pl_petune.store import Store
