@@ -181,7 +181,8 @@ class PetuneCLI(LightningCLI):
         for logger in trainer.loggers:
             exp = getattr(logger, "experiment", None)
             if type(logger).__name__ == "WandbLogger" and exp is not None:
-                exp.summary.update({k: v for k, v in _flat(record).items() if isinstance(v, (int, float, str))})
+                log_record_to_wandb(exp, record)
+                exp.finish()  # flush it; a later fit in this process starts its own W&B run
         _ACTIVE.clear()
         if not self.config.fit.run.keep_checkpoints:
             discard_checkpoints(info["dir"] / "checkpoints")
@@ -266,6 +267,16 @@ class PetuneCLI(LightningCLI):
         line += f"; best dev epoch {record['best_epoch']}, {record['epochs']} epochs, {record['wall_time_s']:.0f}s"
         print(line)
         print(f"petune: record {record['run_key']} -> {record['run_dir']}/record.json")
+
+
+def log_record_to_wandb(run: Any, record: dict[str, Any]) -> None:
+    """Put ``record`` into a W&B run's summary: its scalars flat (W&B's tables), and the whole record as JSON
+    under ``petune/record`` (what ``petune report --wandb`` reads back)."""
+    from pl_petune.wandb_source import SUMMARY_KEY, summary_value
+
+    summary = {k: v for k, v in _flat(record).items() if isinstance(v, (int, float, str))}
+    summary[SUMMARY_KEY] = summary_value(record)
+    run.summary.update(summary)
 
 
 def discard_checkpoints(ckpt_dir: Path) -> None:

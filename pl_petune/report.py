@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pl_petune.cli import UsageError
@@ -27,7 +28,11 @@ SPREAD_X = ("steps", "train_size")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="petune report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", default=None, help="results store (SQLite); default $PETUNE_STORE or runs/results.sqlite")
+    p.add_argument("--store", action="append", default=None,
+                   help="results store (SQLite), repeatable (one per node, merged by run key); "
+                        "default $PETUNE_STORE or runs/results.sqlite unless --wandb is given")
+    p.add_argument("--wandb", action="append", default=None, metavar="ENTITY/PROJECT[/SWEEP_ID]",
+                   help="read the records `petune fit` logged to these W&B runs too (online; repeatable)")
     p.add_argument("--out", default="reports", help="output folder (created)")
     p.add_argument("--format", default="md,csv,tex,png", help="comma-separated subset of: " + ", ".join(FORMATS))
     p.add_argument("--baseline", default=None,
@@ -67,6 +72,34 @@ def _filter(records: list[dict], field: str, wanted: list[str] | None) -> list[d
     return [r for r in records if str(r.get(field)) in wanted]
 
 
+def _read_records(stores: list[str] | None, wandb_paths: list[str] | None) -> list[dict]:
+    """Complete records of every source, one per run key (the latest wins: see wandb_source.merge_records)."""
+    from pl_petune.store import Store, StoreError, default_store_path
+    from pl_petune.wandb_source import merge_records, records_from_wandb
+
+    if not stores and not wandb_paths:
+        stores = [str(default_store_path())]
+    sources: list[list[dict]] = []
+    for store in stores or []:
+        path = Path(store)
+        if not path.is_file():
+            raise UsageError(f"store {str(path)!r} does not exist; pass --store PATH of a results store")
+        try:
+            sources.append(Store(path).records())
+        except StoreError as err:
+            raise UsageError(str(err)) from None
+    for wpath in wandb_paths or []:
+        recs, skipped = records_from_wandb(wpath)
+        print(f"petune report: {len(recs)} complete records from W&B {wpath}"
+              + (f" ({skipped} runs without one skipped)" if skipped else ""), file=sys.stderr)
+        sources.append(recs)
+    records = merge_records(*sources)
+    if not records:
+        where = ", ".join([*(stores or []), *(wandb_paths or [])])
+        raise UsageError(f"no complete runs in {where}")
+    return records
+
+
 def main(argv: list[str]) -> int:
     """Run ``petune report``; returns the exit code (user errors raise :class:`UsageError`)."""
     args = _parser().parse_args(argv)
@@ -83,17 +116,7 @@ def main(argv: list[str]) -> int:
     if not 0 < alpha < 1:
         raise UsageError(f"alpha {args.alpha!r} must be a number in (0, 1), e.g. 0.05")
 
-    from pl_petune.store import Store, StoreError, default_store_path
-
-    path = Path(args.store or default_store_path())
-    if not path.is_file():
-        raise UsageError(f"store {str(path)!r} does not exist; pass --store PATH of a results store")
-    try:
-        records = Store(path).records()
-    except StoreError as err:
-        raise UsageError(str(err)) from None
-    if not records:
-        raise UsageError(f"store {str(path)!r} holds no complete runs")
+    records = _read_records(args.store, args.wandb)
     if args.columns == "name":
         # Two-stage methods are FullFinetune + a callback: the recipe's run.name tells LP-FT from FT.
         records = [{**r, "method": r.get("name") or r["method"]} for r in records]

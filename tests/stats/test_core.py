@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from conftest import make_record
+from stats_records import make_record
 from pl_petune.stats.core import (
     band_average, classify_seeds, compare, decide, holm, main_series, observations, relative_upper_bound,
     seed_series, summarize,

@@ -9,7 +9,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from conftest import make_record, study
+from stats_records import make_record, study
 from pl_petune.cli import main as cli_main
 from pl_petune.store import Store
 

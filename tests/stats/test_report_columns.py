@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import make_record
+from stats_records import make_record
 from pl_petune.cli import main as cli_main
 from pl_petune.store import Store
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from conftest import make_record, study
+from stats_records import make_record, study
 from pl_petune.stats.core import Column, observations
 from pl_petune.stats.tables import Settings, Trend, Value, analyze, table2, table3, table4, to_csv, to_latex, \
     to_markdown, upper_bound
