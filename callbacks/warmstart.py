@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from typing_extensions import override
@@ -196,6 +197,7 @@ class HeadWarmStart(Callback):
         self._head_sha: Optional[str] = None
         self._stage1_best: Optional[str] = None
         self._strict: Optional[bool] = None
+        self._eval_strict: Optional[bool] = None  # strict_loading to restore after test/validate/predict
         self._optimizer_name = ""
 
     @property
@@ -235,6 +237,12 @@ class HeadWarmStart(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
+            # test/validate/predict from a checkpoint in a fresh process: a stage-2 checkpoint lacks the PET layers
+            # this module was built with; load non-strictly, then on_load_checkpoint drops them and reloads strictly.
+            if self._stage != 2 and not self.reserve and self._pet_names(pl_module) \
+                    and callable(getattr(pl_module, self.drop_pet_fn, None)):
+                self._eval_strict = pl_module.strict_loading
+                pl_module.strict_loading = False
             return
         check_strategy(trainer, "HeadWarmStart")
         backbone, head, bb_prefix, head_prefix = self._parts(pl_module)
@@ -287,6 +295,9 @@ class HeadWarmStart(Callback):
         if stage == "fit" and self._strict is not None:
             pl_module.strict_loading = self._strict
             self._strict = None
+        if stage != "fit" and self._eval_strict is not None:
+            pl_module.strict_loading = self._eval_strict
+            self._eval_strict = None
 
     # ---- resume ---------------------------------------------------------------------------------------
     @override
@@ -306,6 +317,9 @@ class HeadWarmStart(Callback):
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         state = callback_state(checkpoint, self.state_key)
         if state is None:
+            return
+        if trainer.state.fn != TrainerFn.FITTING:
+            self._load_for_evaluation(pl_module, checkpoint, state)
             return
         if state["stage1_epochs"] != self._s1:
             raise CallbackMisuse(f"HeadWarmStart: the checkpoint ran {state['stage1_epochs']} stage-1 epochs, this "
@@ -334,6 +348,16 @@ class HeadWarmStart(Callback):
         self._apply_trainable(pl_module, self._stage2_names(pl_module))
         if self._strict is not None:
             pl_module.load_state_dict(checkpoint["state_dict"], strict=self._strict)
+
+    def _load_for_evaluation(self, pl_module: LightningModule, checkpoint: dict[str, Any],
+                             state: dict[str, Any]) -> None:
+        """Give the module the checkpoint's tree (a stage-2 one has no PET layers), then load it strictly."""
+        if self._eval_strict is None:
+            return  # the module already has the checkpoint's tree (e.g. testing right after fit); Lightning loaded it
+        if state["stage"] == 2:
+            getattr(pl_module, self.drop_pet_fn)()
+            self._stage = 2
+        pl_module.load_state_dict(checkpoint["state_dict"], strict=self._eval_strict)
 
     # ---- optimizer and schedule per stage ----------------------------------------------------------
     def _stage2_names(self, pl_module: LightningModule) -> list[str]:
