@@ -15,7 +15,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from pl_petune.errors import PetuneError
 from pl_petune.records import SCHEMA_VERSION, RecordError, validate
@@ -191,6 +191,18 @@ class Store:
                 "UPDATE runs SET status='pending', attempts=MAX(attempts-1, 0), owner=NULL, updated_at=?"
                 " WHERE run_key=? AND status='running'", (time.time(), key),
             )
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Delete the rows of ``keys`` (all or none), so the next sweep trains them again. Unknown keys and runs
+        in flight are refused with the first offending key named."""
+        with self._tx() as db:
+            for key in keys:
+                row = db.execute("SELECT status FROM runs WHERE run_key=?", (key,)).fetchone()
+                if row is None:
+                    raise StoreError(f"run {key!r} is not in {self.path}; `petune runs` lists its run keys")
+                if row[0] == "running":
+                    raise StoreError(f"run {key!r} is running; forget it after it ends (or goes stale)")
+            db.executemany("DELETE FROM runs WHERE run_key=?", [(k,) for k in keys])
 
     # ---- helpers --------------------------------------------------------------------------------
     def _one(self, query: str, args: tuple) -> tuple | None:

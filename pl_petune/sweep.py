@@ -969,12 +969,24 @@ def runs_main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--status", default=None, help="only runs with this status: " + ", ".join(ROW_STATUSES + ("stale",)))
     p.add_argument("--sweep", default=None, help="only runs of this sweep (its name)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--forget", action="append", default=None, metavar="RUN_KEY",
+                   help="delete these runs' rows (repeatable; all or none) so the next sweep trains them again")
     args = p.parse_args(argv)
     if args.status is not None and args.status not in ROW_STATUSES + ("stale",):
         raise SweepError(f"--status {args.status!r} unknown; allowed: {', '.join(ROW_STATUSES + ('stale',))}")
     path = Path(args.store or default_store_path())
     if not path.is_file():
         raise SweepError(f"no results store at {str(path)!r}; pass --store or set $PETUNE_STORE")
+    if args.forget:
+        from pl_petune.store import Store, StoreError
+
+        try:
+            Store(path).forget(args.forget)
+        except StoreError as err:
+            raise SweepError(str(err)) from None
+        print(f"forgot {len(args.forget)} run(s) in {path}: {', '.join(args.forget)}; rerun the sweep to train them "
+              "again", file=sys.stderr)
+        return 0
     rows = runs_table(path, status=args.status, sweep=args.sweep)
     if args.format == "json":
         print(json.dumps(rows, indent=1, default=str))

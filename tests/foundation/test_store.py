@@ -76,3 +76,31 @@ def test_not_a_store(tmp_path):
 def test_run_key_is_order_independent():
     assert run_key({"a": 1, "b": {"c": 2}}) == run_key({"b": {"c": 2}, "a": 1})
     assert run_key({"a": 1}) != run_key({"a": 2})
+
+
+def test_forget_deletes_all_or_none(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    for key in ("a", "b", "c"):
+        store.put(_record(key))
+    store.claim("r")
+    with pytest.raises(StoreError, match="run 'zz' is not in"):
+        store.forget(["a", "zz"])
+    with pytest.raises(StoreError, match="run 'r' is running"):
+        store.forget(["b", "r"])
+    assert sorted(r["run_key"] for r in store.records()) == ["a", "b", "c"]  # nothing was deleted
+    store.forget(["a", "c"])
+    assert [r["run_key"] for r in store.records()] == ["b"]
+    assert store.claim("a"), "a forgotten run is trained again"
+
+
+def test_petune_runs_forget(tmp_path, capsys):
+    from pl_petune.cli import main
+
+    path = tmp_path / "s.sqlite"
+    Store(path).put(_record("a"))
+    Store(path).put(_record("b"))
+    assert main(["runs", "--store", str(path), "--forget", "nope"]) == 2
+    assert "run 'nope' is not in" in capsys.readouterr().err
+    assert main(["runs", "--store", str(path), "--forget", "a"]) == 0
+    assert "forgot 1 run(s)" in capsys.readouterr().err
+    assert [r["run_key"] for r in Store(path).rows()] == ["b"]
