@@ -212,6 +212,13 @@ register(TaskSpec("mnli", "glue", "classification", ("sentence1", "sentence2"),
                   {"dir": "glue/MNLI", "train": "train.tsv", "dev": "dev_matched.tsv", **_GLUE_TSV},
                   ("nyu-mll/glue", "mnli", {"train": "train", "dev": "validation_matched"}),
                   _pair("sentence1", "sentence2")))
+# MNLI with the mismatched validation set as its held-out split (the module-wise paper's MNLI_mm column): the
+# same training data, so an mnli run can score it as an OOD set (data.ood) with the same best checkpoint.
+register(TaskSpec("mnli_mm", "glue", "classification", ("sentence1", "sentence2"),
+                  ("entailment", "neutral", "contradiction"), "gold_label", (ACC,), 392702,
+                  {"dir": "glue/MNLI", "train": "train.tsv", "dev": "dev_mismatched.tsv", **_GLUE_TSV},
+                  ("nyu-mll/glue", "mnli", {"train": "train", "dev": "validation_mismatched"}),
+                  _pair("sentence1", "sentence2")))
 
 # Hub label columns are integers already; these map hub column names where they differ from the files.
 HUB_COLUMNS: dict[str, dict[str, str]] = {
@@ -219,6 +226,7 @@ HUB_COLUMNS: dict[str, dict[str, str]] = {
     "stsb": {"label": "score"},
     "qqp": {"label": "is_duplicate"},
     "mnli": {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
+    "mnli_mm": {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
 }
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -43,7 +43,8 @@ class OODSet:
     Args:
         task: registry name of the evaluation task, e.g. ``cb``.
         label_map: every label name of ``task`` → a label name of the training task, e.g. for RTE on CB
-            ``{entailment: entailment, contradiction: not_entailment, neutral: not_entailment}``.
+            ``{entailment: entailment, contradiction: not_entailment, neutral: not_entailment}``. May be left
+            out when both tasks have the same labels in the same order (the identity map).
         split: which official split of ``task`` to read: ``dev`` (default) or ``train``.
     """
 
@@ -378,6 +379,8 @@ def _check_ood(name: str, o: OODSet, train) -> OODSet:
     if spec.kind != "classification" or train.kind != "classification":
         raise ConfigError(f"data.ood.{name}: OOD evaluation needs classification tasks; {o.task} is "
                           f"{spec.kind} and {train.name} is {train.kind}")
+    if not o.label_map and tuple(spec.labels) == tuple(train.labels):  # same labels (e.g. MNLI matched/mismatched)
+        o = replace(o, label_map={label: label for label in spec.labels})
     extra = sorted(set(o.label_map) - set(spec.labels))
     if extra:
         raise ConfigError(f"data.ood.{name}.label_map: {extra[0]!r} is not a label of {o.task}; allowed: "

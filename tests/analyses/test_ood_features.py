@@ -69,6 +69,7 @@ def test_ood_labels_follow_the_declared_mapping(data_dir, tiny_bert):
     ({"task": "cb", "label_map": {**CB_MAP, "neutral": "unknown"}}, "'unknown' is not a label of rte; allowed: entailment, not_entailment"),
     ({"task": "cb", "label_map": CB_MAP, "split": "test"}, "split 'test' is unknown; allowed: train, dev"),
     ({"task": "stsb", "label_map": {}}, "needs classification tasks"),
+    ({"task": "cb"}, "label 'entailment' of cb is not mapped"),  # no identity default: the label sets differ
 ])
 def test_bad_ood_declarations_are_refused_in_one_line(ood, needle, tiny_bert):
     from pl_petune.data import TaskDataModule
@@ -77,6 +78,32 @@ def test_bad_ood_declarations_are_refused_in_one_line(ood, needle, tiny_bert):
     with pytest.raises(ConfigError, match="data.ood.x") as err:
         TaskDataModule(task="rte", tokenizer=tiny_bert, ood={"x": OODSet(**ood)})
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def _mnli_files(root: Path) -> list[str]:
+    d = root / "glue" / "MNLI"
+    d.mkdir(parents=True)
+    labels = ["entailment", "neutral", "contradiction"]
+    mismatched = []
+    for name, n, shift in (("train.tsv", 12, 0), ("dev_matched.tsv", 6, 1), ("dev_mismatched.tsv", 9, 2)):
+        rows = [f"{i}\tpremise {name} {i}\thypothesis {i}\t{labels[(i * 7 + shift) % 3]}" for i in range(n)]
+        (d / name).write_text("index\tsentence1\tsentence2\tgold_label\n" + "\n".join(rows) + "\n")
+        if name == "dev_mismatched.tsv":
+            mismatched = [labels[(i * 7 + shift) % 3] for i in range(n)]
+    return mismatched
+
+
+def test_mnli_mismatched_is_an_ood_set_of_mnli_with_the_identity_map(tmp_path, tiny_bert):
+    from pl_petune.data import TaskDataModule
+    from pl_petune.data.module import OODSet
+
+    raw = _mnli_files(tmp_path)
+    dm = TaskDataModule(task="mnli", data_dir=str(tmp_path), tokenizer=tiny_bert,
+                        ood={"mnli_mm": OODSet(task="mnli_mm")})
+    assert dm.ood["mnli_mm"].label_map == {"entailment": "entailment", "neutral": "neutral",
+                                           "contradiction": "contradiction"}
+    got = torch.cat([b["labels"] for b in dm.ood_dataloader("mnli_mm")]).tolist()
+    assert got == [["entailment", "neutral", "contradiction"].index(r) for r in raw] and len(got) == 9
 
 
 def test_ood_set_is_refused_before_fit_ends(data_dir, tiny_bert):
