@@ -12,6 +12,9 @@ indices taken from it.
   selects, dev2 is reported; train is the whole official train set.
 - ``leaky``: what the paper criticises: the official dev set both selects and is reported. Only for
   reproducing that finding; records and reports flag it.
+- ``dev_split_leaky``: the pilot study's "2-2" cell (Revisiting PETuning, Table 1): the halves of ``dev_split``
+  (same seed, same rows), but dev2 both selects and is reported. Leaky, flagged like ``leaky``; it is what makes
+  the 2-2 cell comparable with the 1-2 cell, which reports the same dev2.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import numpy as np
 
 from pl_petune.errors import PetuneError
 
-PROTOCOLS = ("train_split", "petuning", "dev_split", "leaky")
-LEAKY = frozenset({"leaky"})
+PROTOCOLS = ("train_split", "petuning", "dev_split", "leaky", "dev_split_leaky")
+LEAKY = frozenset({"leaky", "dev_split_leaky"})
 
 
 class SplitError(PetuneError, ValueError):
@@ -105,6 +108,9 @@ def make_split(protocol: str, train_labels: Sequence | None, dev_labels: Sequenc
     elif protocol == "dev_split":
         dev1, dev2 = stratified_split(dev_labels, 0.5, seed, regression, "dev")
         parts = {"train": ("train", np.arange(n_train)), "dev": ("dev", dev1), "test": ("dev", dev2)}
+    elif protocol == "dev_split_leaky":
+        _, dev2 = stratified_split(dev_labels, 0.5, seed, regression, "dev")
+        parts = {"train": ("train", np.arange(n_train)), "dev": ("dev", dev2), "test": ("dev", dev2)}
     else:  # leaky
         parts = {"train": ("train", np.arange(n_train)), "dev": ("dev", np.arange(n_dev)),
                  "test": ("dev", np.arange(n_dev))}

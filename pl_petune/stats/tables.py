@@ -32,7 +32,8 @@ TEST_NAMES = {
 ARROWS = {"md": {1: "↑", -1: "↓", 0: ""}, "tex": {1: r"$\uparrow$", -1: r"$\downarrow$", 0: ""}}
 TRENDS = {"md": {1: "↗", -1: "↘", 0: "→", None: "n/a"},
           "tex": {1: r"$\nearrow$", -1: r"$\searrow$", 0: r"$\rightarrow$", None: "n/a"}}
-LEAKY_NOTE = ("[leaky]: runs of the `leaky` protocol chose their checkpoint on the same set they report, so "
+LEAKY_NOTE = ("[leaky]: runs of a leaky protocol (`leaky`, `dev_split_leaky`) chose their checkpoint on the same set "
+              "they report, so "
               "their scores are optimistic (Revisiting PETuning, Table 1); do not compare them with the others.")
 
 

@@ -40,6 +40,10 @@ def test_split_sizes_disjoint_deterministic(labels, task, protocol):
     if protocol == "leaky":
         assert dv == te == {("dev", i) for i in range(len(dev))}
         return
+    if protocol == "dev_split_leaky":  # Table 1's 2-2: selects and reports on the very dev2 that dev_split reports
+        assert dv == te == _rows(make_split("dev_split", train, dev, seed=1111), "test") and len(tr) == len(train)
+        assert a.leaky and not make_split("dev_split", train, dev, seed=1111).leaky
+        return
     assert not dv & te, "selection and reporting rows must be disjoint"
     if protocol in ("train_split", "petuning"):
         assert len(tr) + len(dv) == len(train) and len(dv) == int(np.ceil(0.1 * len(train)))

@@ -119,7 +119,7 @@ def test_leaky_columns_are_marked_everywhere():
     a = analyze(observations(recs))
     for grid in (table2(a), table3(a), upper_bound(a)):
         md = to_markdown(grid)
-        assert "lora @leaky [leaky]" in md and "[leaky]: runs of the `leaky` protocol" in md
+        assert "lora @leaky [leaky]" in md and "[leaky]: runs of a leaky protocol" in md
     # the leaky column is tested against the leaky baseline, not the clean one
     assert a.baseline_of[Column("lora", "leaky", "", True)] == Column("finetune", "leaky", "", True)
 
