@@ -53,6 +53,14 @@ def test_leaky_protocol_allows_dev_as_test(tiny_bert, data_dir):
     assert dm.split_sizes() == {"train": 250, "dev": 56, "test": 56}
 
 
+def test_dev_split_leaky_selects_and_reports_on_dev_split_s_dev2(tiny_bert, data_dir):
+    leaky, fair = _dm(tiny_bert, data_dir, protocol="dev_split_leaky"), _dm(tiny_bert, data_dir, protocol="dev_split")
+    leaky.setup("fit")
+    assert leaky.leaky and not fair.leaky
+    assert leaky.test_dataloader() is not None  # no held-out guard: the leak is the point, and it is recorded
+    assert leaky.split_sizes() == {"train": 250, "dev": 28, "test": 28} == {**fair.split_sizes(), "dev": 28}
+
+
 def test_tokenized_once_and_reused(tiny_bert, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PETUNE_CACHE", str(tmp_path))  # a cache of its own: other tests share the session's
     dm = _dm(tiny_bert, data_dir)
