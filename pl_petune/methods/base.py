@@ -37,6 +37,9 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+BINARY_HEADS = ("two_logits", "one_logit")
+
+
 class ClassificationHead(nn.Module):
     """The task head on the first token's hidden state.
 
@@ -109,6 +112,9 @@ class PetuneModule(L.LightningModule):
         adam_eps: AdamW epsilon. betas: AdamW betas.
         head: ``mlp`` (default), ``linear`` or ``ehft``; see :class:`ClassificationHead`.
         head_dropout: dropout inside the head.
+        binary_head: for two-class tasks, ``two_logits`` (default: softmax cross-entropy over two outputs, the
+            PETuning code's head) or ``one_logit`` (one output trained with BCE-with-logits, predicted positive
+            when the logit is above 0: EH-FT's head for binary tasks, REFERENCE §3.4).
         hidden_dropout: override the backbone's hidden dropout (``None``: keep the pretrained config's).
         init_seed: seed of every new parameter (head, PET layers, random masks).
         compile: compile the backbone with ``torch.compile`` when the Trainer configures the model
@@ -131,6 +137,7 @@ class PetuneModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         head: str = "mlp",
         head_dropout: float = 0.1,
+        binary_head: str = "two_logits",
         hidden_dropout: Optional[float] = None,
         init_seed: int = 42,
         compile: bool = False,
@@ -142,10 +149,17 @@ class PetuneModule(L.LightningModule):
             raise ConfigError(f"lr must be positive, got {lr}")
         if not 0.0 <= warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if binary_head not in BINARY_HEADS:
+            raise ConfigError(f"unknown binary_head {binary_head!r}; known: {', '.join(BINARY_HEADS)}")
+        self.one_logit = binary_head == "one_logit"
+        if self.one_logit and not (self.spec.kind == "classification" and len(self.spec.labels) == 2):
+            raise ConfigError(f"binary_head one_logit needs a two-class task; {task} is {self.spec.kind} with "
+                              f"{len(self.spec.labels)} labels; use two_logits")
         with seeded(init_seed):
             self.backbone = load_backbone(backbone, hidden_dropout)
             hidden = self.backbone.config.hidden_size
-            self.head = ClassificationHead(hidden, self.spec.num_outputs, head, head_dropout)
+            self.head = ClassificationHead(hidden, 1 if self.one_logit else self.spec.num_outputs, head,
+                                           head_dropout)
             self.configure_method()
         self.apply_trainable(self.select_trainable())
         self.dev_metrics = build_metrics(self.spec, "dev/")
@@ -224,17 +238,21 @@ class PetuneModule(L.LightningModule):
         logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
         if mc:
             return logits.view(b, c)
-        if self.spec.kind == "regression":
+        if self.spec.kind == "regression" or self.one_logit:
             return logits.squeeze(-1)
         return logits
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.spec.kind == "regression":
             return nn.functional.mse_loss(logits, labels.float())
+        if self.one_logit:
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         return nn.functional.cross_entropy(logits, labels)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.spec.kind == "regression" else logits.argmax(-1)
+        if self.spec.kind == "regression":
+            return logits
+        return (logits > 0).long() if self.one_logit else logits.argmax(-1)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))

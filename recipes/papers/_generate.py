@@ -632,14 +632,14 @@ EH_BITFIT_BIASES = (r"^backbone\.encoder\.layer\.\d+\.(?:attention\.self\.(?:que
 # Stage 2 of EH-FT(LoRA / PT): every backbone and head parameter but the pooler (unused by the head).
 STAGE2_ALL = {"include": [r"^backbone\.", r"^head\."], "exclude": [r"\.pooler\."]}
 EH_SEEDS = [1, 2, 3, 4]
+EH_BINARY = ("rte", "boolq", "wic", "mrpc", "qnli", "cola")  # two-class tasks of EH-FT's Table 1
 EH_COMMON = ("Shared settings (REFERENCE §3.1-3.4): roberta-large; batch 32; AdamW betas (0.9, 0.98), eps 1e-6, "
              "weight decay 0.01; gradient clipping 0.1; warmup 10 % then linear decay; EH-FT's head (Linear(1024, "
              "2048), ReLU, Linear(2048, out), weights N(0, 0.005)); max length 512 (COPA 256); every epoch runs (no "
              "early stopping: patience = max_epochs). Protocol: EH-FT parity, data.protocol leaky: train on the "
              "official train set and report the best epoch's score on the official validation set, as the "
              "reference does (its numbers are running maxima on validation). Known deviations: fp32 instead of "
-             "DeepSpeed fp16; binary tasks use a 2-way softmax head with cross-entropy (reference: 1 logit with "
-             "BCE); WiC reads the first token only (reference: [CLS, w1, w2, |w1-w2|, w1*w2]); the reference "
+             "DeepSpeed fp16; WiC reads the first token only (reference: [CLS, w1, w2, |w1-w2|, w1*w2]); the reference "
              "permutes the train set once, pl_petune reshuffles every epoch. Seeds: 4 per cell (the paper's "
              "count; the reference drew them at random and did not list them).")
 
@@ -657,6 +657,8 @@ def ehft(out: Out) -> None:
             ft_lr = 3e-5 if task == "wic" else 1e-5
             common = {"backbone": "roberta-large", "head": "ehft", "weight_decay": 0.01, "betas": [0.9, 0.98],
                       "adam_eps": 1e-6, "warmup_ratio": 0.1, "init_seed": 1}
+            if task in EH_BINARY:  # the reference's binary head: 1 logit, BCE-with-logits (REFERENCE §3.4)
+                common["binary_head"] = "one_logit"
             callbacks = []
             if name == "finetune":
                 cls, args, what = "FullFinetune", {"lr": ft_lr}, f"full finetuning, lr {ft_lr:g}"
