@@ -51,6 +51,9 @@ class RunOptions:
         resume: continue from the run folder's ``last.ckpt`` when an earlier attempt left one.
         keep_checkpoints: keep the checkpoint files after the test pass (the record keeps their hash).
         name: optional label stored in the record (e.g. a sweep name).
+        rerun: train again a run whose record in the store is already complete (the new record replaces it).
+            By default such a run is not trained twice: ``petune fit`` prints its record's line and exits 0,
+            as a sweep skips it.
     """
 
     seed: Optional[int] = None
@@ -59,6 +62,7 @@ class RunOptions:
     resume: bool = True
     keep_checkpoints: bool = False
     name: Optional[str] = None
+    rerun: bool = False
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -75,6 +79,10 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # The run whose "running" record this process wrote; marked failed if the process fails before completing.
 _ACTIVE: dict[str, Any] = {}
+
+
+class AlreadyComplete(Exception):
+    """The run's record is complete in the store: nothing to train (``run.rerun`` forces it)."""
 
 
 class ArgumentsError(PetuneError):
@@ -123,6 +131,12 @@ class PetuneCLI(LightningCLI):
         key = run_key(identity)
         method = _method_name(cfg.model.class_path)
         run_dir = Path(run.out_dir) / spec.name / method / key
+        if not run.rerun:
+            store_path = Path(run.store or default_store_path())
+            done = Store(store_path).get(key) if store_path.is_file() else None
+            if done is not None and done.get("status") == "complete":
+                raise AlreadyComplete(f"petune: run {key} is already complete in {store_path}: "
+                                      f"{_summary_line(done)} (--run.rerun true trains it again)")
         cfg.trainer.default_root_dir = str(run_dir)
         cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
         if cfg.trainer.logger in (None, True):
@@ -256,17 +270,21 @@ class PetuneCLI(LightningCLI):
             return None
 
     def _print_summary(self, record: dict[str, Any]) -> None:
-        metric = record["primary_metric"]
-        names = [metric] + [k.split("/", 1)[1] for k in record["test_metrics"]
-                            if k.split("/", 1)[1] not in (metric, "loss")]
-        scores = ", ".join(f"{n} = {record['test_metrics'][f'test/{n}']:.4f}" for n in names)
-        line = f"petune: {record['task']} {record['method']} [{record['protocol']}] held-out {scores}"
-        base = record.get("majority_baseline")
-        if base:
-            line += " (majority-class baseline: " + ", ".join(f"{n} = {base[n]:.4f}" for n in names if n in base) + ")"
-        line += f"; best dev epoch {record['best_epoch']}, {record['epochs']} epochs, {record['wall_time_s']:.0f}s"
-        print(line)
+        print("petune: " + _summary_line(record))
         print(f"petune: record {record['run_key']} -> {record['run_dir']}/record.json")
+
+
+def _summary_line(record: dict[str, Any]) -> str:
+    """A complete record in one line: held-out scores against the majority class, selection, cost."""
+    metric = record["primary_metric"]
+    names = [metric] + [k.split("/", 1)[1] for k in record["test_metrics"]
+                        if k.split("/", 1)[1] not in (metric, "loss")]
+    scores = ", ".join(f"{n} = {record['test_metrics'][f'test/{n}']:.4f}" for n in names)
+    line = f"{record['task']} {record['method']} [{record['protocol']}] held-out {scores}"
+    base = record.get("majority_baseline")
+    if base:
+        line += " (majority-class baseline: " + ", ".join(f"{n} = {base[n]:.4f}" for n in names if n in base) + ")"
+    return line + f"; best dev epoch {record['best_epoch']}, {record['epochs']} epochs, {record['wall_time_s']:.0f}s"
 
 
 def log_record_to_wandb(run: Any, record: dict[str, Any]) -> None:
@@ -522,6 +540,9 @@ def run_lightning_cli(argv: list[str]) -> int:
         make_cli(argv)
     except SystemExit as exit_:  # --help, --print_config
         return int(exit_.code or 0)
+    except AlreadyComplete as done:
+        print(done, file=sys.stderr)
+        return 0
     except BaseException as err:
         if _ACTIVE:
             _ACTIVE["store"].mark_failed(_ACTIVE["key"], f"{type(err).__name__}: {err}")

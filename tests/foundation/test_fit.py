@@ -79,6 +79,20 @@ def test_same_seeds_same_numbers(fitted, tmp_path, tiny_bert, data_dir):
     assert second["test_metrics"] == first["test_metrics"] and second["dev_metrics"] == first["dev_metrics"]
 
 
+def test_a_complete_run_is_not_trained_twice_unless_asked(tmp_path, tiny_bert, data_dir, capsys):
+    store = _fit(tmp_path, tiny_bert, data_dir, "--trainer.max_epochs", "1")
+    (first,) = store.records()
+    capsys.readouterr()
+    again = _fit(tmp_path, tiny_bert, data_dir, "--trainer.max_epochs", "1")  # exit 0, nothing trained
+    err = capsys.readouterr().err
+    assert f"run {first['run_key']} is already complete in {store.path}" in err and "--run.rerun true" in err
+    assert again.records() == [first]
+    forced = _fit(tmp_path, tiny_bert, data_dir, "--trainer.max_epochs", "1", "--run.rerun", "true")
+    (second,) = forced.records()
+    assert second["run_key"] == first["run_key"] and second["created_at"] > first["created_at"]
+    assert second["test_metrics"] == first["test_metrics"]  # same seeds, same numbers
+
+
 def test_tied_seed_sets_both(tmp_path, tiny_bert, data_dir):
     (rec,) = _fit(tmp_path, tiny_bert, data_dir, "--run.seed", "1111", "--trainer.max_epochs", "1").records()
     assert rec["init_seed"] == rec["data_seed"] == 1111 and rec["seed_mode"] == "tied"
