@@ -32,8 +32,12 @@ class RankReport(L.Callback):
         }
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        extra = {}
+        for cb in trainer.callbacks:
+            if isinstance(cb, HeadWarmStart):
+                extra = cb.record_extra()["head_warm_start"]
         with open(f"{self.out}.{trainer.global_rank}.json", "w") as fh:
-            json.dump(self.rows, fh)
+            json.dump({**self.rows, "extra": extra}, fh, default=str)
 
 
 def _run(tmp_path, model, callback):
@@ -59,3 +63,15 @@ def test_ddp_same_trainable_set_and_weights_on_both_ranks(tmp_path, case):
         assert r0[epoch]["sha"] == r1[epoch]["sha"]
     assert len(r0["1"]["trainable"]) > len(r0["0"]["trainable"])
     assert not r0["0"]["moved_layer0"] and r0["2"]["moved_layer0"]
+
+
+def test_ddp_lbfgs_probe_sees_every_rank_s_examples(tmp_path):
+    """Each rank holds half of the train and dev sets; the probe is fitted on all of them, once, on rank 0, and
+    both ranks load the same head."""
+    torch.manual_seed(0)
+    r0, r1 = _run(tmp_path, TinyModule(), HeadWarmStart(solver="lbfgs", stage2_lr=1e-2, cs=(0.1, 1.0)))
+    p0, p1 = r0["extra"]["lbfgs"], r1["extra"]["lbfgs"]
+    assert p0["n_train"] == 48 and p0["n_dev"] == 16  # make_data(n=64): 48 train, 16 dev, split over 2 ranks
+    assert p0 == p1
+    for epoch in ("0", "1", "2"):
+        assert r0[epoch]["sha"] == r1[epoch]["sha"]
