@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import TinyLoRAModule, TinyModule, make_data, trainer_kwargs
-from pl_petune.callbacks import Freezing, HeadWarmStart
+from pl_petune.callbacks import ChildTuningD, Freezing, HeadWarmStart
 
 
 class RankReport(L.Callback):
@@ -36,6 +36,12 @@ class RankReport(L.Callback):
         for cb in trainer.callbacks:
             if isinstance(cb, HeadWarmStart):
                 extra = cb.record_extra()["head_warm_start"]
+            if isinstance(cb, ChildTuningD):
+                h = hashlib.sha256()
+                for n in sorted(cb.masks):
+                    h.update(n.encode() + cb.masks[n].numpy().tobytes())
+                extra = {"mask_sha": h.hexdigest(), "kept": sum(int(m.sum()) for m in cb.masks.values()),
+                         "total": sum(m.numel() for m in cb.masks.values())}
         with open(f"{self.out}.{trainer.global_rank}.json", "w") as fh:
             json.dump({**self.rows, "extra": extra}, fh, default=str)
 
@@ -73,5 +79,15 @@ def test_ddp_lbfgs_probe_sees_every_rank_s_examples(tmp_path):
     p0, p1 = r0["extra"]["lbfgs"], r1["extra"]["lbfgs"]
     assert p0["n_train"] == 48 and p0["n_dev"] == 16  # make_data(n=64): 48 train, 16 dev, split over 2 ranks
     assert p0 == p1
+    for epoch in ("0", "1", "2"):
+        assert r0[epoch]["sha"] == r1[epoch]["sha"]
+
+
+def test_ddp_child_tuning_one_mask_on_both_ranks(tmp_path):
+    """The Fisher sums are all-reduced: both ranks keep the same child network and stay bit-identical."""
+    torch.manual_seed(0)
+    r0, r1 = _run(tmp_path, TinyModule(lr=1e-2, wd=0.0), ChildTuningD(reserve_p=0.1))
+    assert r0["extra"]["mask_sha"] == r1["extra"]["mask_sha"]
+    assert r0["extra"]["kept"] == pytest.approx(0.1 * r0["extra"]["total"], abs=2)
     for epoch in ("0", "1", "2"):
         assert r0[epoch]["sha"] == r1[epoch]["sha"]
