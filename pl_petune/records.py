@@ -112,14 +112,17 @@ def now_iso() -> str:
 
 
 def git_revision(path: str | os.PathLike | None = None) -> str | None:
-    """The git commit of the working tree at ``path`` (``+dirty`` when it has uncommitted changes)."""
+    """The git commit of the working tree at ``path`` (``+dirty`` when it has uncommitted changes).
+
+    Changes under ``docs/`` do not count: results committed there (a store being filled, its logs) change no
+    number a run computes."""
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(top,exclude)docs"], cwd=cwd, capture_output=True, text=True, timeout=10)
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
