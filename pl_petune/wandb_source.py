@@ -30,15 +30,22 @@ def summary_value(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _runs(path: str, api: Any) -> Iterable[Any]:
+def _parse_path(path: str) -> tuple[str, Optional[str]]:
+    """``(project path, sweep path or None)`` of ``ENTITY/PROJECT[/SWEEP_ID]`` (or the sweep page's
+    ``ENTITY/PROJECT/sweeps/SWEEP_ID``)."""
     parts = [p for p in path.strip("/").split("/") if p]
-    if len(parts) == 4 and parts[2] == "sweeps":  # the sweep page's address: entity/project/sweeps/id
+    if len(parts) == 4 and parts[2] == "sweeps":
         parts = [parts[0], parts[1], parts[3]]
     if len(parts) == 2:
-        return api.runs("/".join(parts))
+        return "/".join(parts), None
     if len(parts) == 3:
-        return api.sweep("/".join(parts)).runs
+        return "/".join(parts[:2]), "/".join(parts)
     raise WandbSourceError(f"W&B path {path!r} is not ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID")
+
+
+def _runs(path: str, api: Any) -> Iterable[Any]:
+    project, sweep = _parse_path(path)
+    return api.sweep(sweep).runs if sweep else api.runs(project)
 
 
 def records_from_wandb(path: str, api: Optional[Any] = None) -> tuple[list[dict[str, Any]], int]:
@@ -46,6 +53,7 @@ def records_from_wandb(path: str, api: Optional[Any] = None) -> tuple[list[dict[
 
     ``api`` defaults to ``wandb.Api()`` (tests pass a stand-in with the same ``runs``/``sweep`` methods).
     """
+    _parse_path(path)  # a malformed path is refused before any network call
     if api is None:
         try:
             import wandb

@@ -35,6 +35,12 @@ def _store_newer(root: Path) -> str:
     return str(path)
 
 
+def _store(root: Path) -> str:
+    from pl_petune.store import Store
+
+    return str(Store(root / "s.sqlite").path)
+
+
 def _file(root: Path, name: str, text: str) -> str:
     (root / name).write_text(text)
     return str(root / name)
@@ -76,6 +82,9 @@ CASES = [
     ("report on a missing store", lambda r, t, d: ["report", "--store", str(r / "none.sqlite"), "--out", str(r / "rep")], r"store '.*none.sqlite' does not exist"),
     ("params: unknown method", lambda r, t, d: ["params", "--method", "loraa"], r"unknown method 'loraa'; known: adapter, bitfit"),
     ("unknown command", lambda r, t, d: ["fitt"], r"unknown command 'fitt'; known: fit, validate, test"),
+    ("one-logit head on a three-class task", lambda r, t, d: ["fit", "--config", QUICK, "--model.init_args.binary_head", "one_logit"], r"binary_head one_logit needs a two-class task; cb is classification with 3 labels"),
+    ("report from a malformed W&B path", lambda r, t, d: ["report", "--wandb", "my-team", "--out", str(r / "rep")], r"W&B path 'my-team' is not ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID"),
+    ("forget a run the store does not have", lambda r, t, d: ["runs", "--store", _store(r), "--forget", "abc123"], r"run 'abc123' is not in .*s.sqlite; `petune runs` lists its run keys"),
 ]
 
 
