@@ -126,6 +126,8 @@ class PetuneCLI(LightningCLI):
         run = cfg.run
         spec = _apply_protocol(cfg)
         if self.subcommand != "fit":
+            if cfg.trainer.get("default_root_dir") is None:  # Lightning's default is ./lightning_logs
+                cfg.trainer.default_root_dir = str(Path(run.out_dir) / "eval")
             return
         identity = _identity(cfg)
         key = run_key(identity)

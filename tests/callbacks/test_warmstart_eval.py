@@ -26,8 +26,9 @@ def test_petune_test_reloads_a_stage_two_checkpoint(recipe, tmp_path, tiny_bert,
     best = rec["extra"]["best_checkpoint"]
     capsys.readouterr()
 
-    assert main(["test", *common, "--ckpt_path", best, "--trainer.default_root_dir", str(tmp_path / "t")]) == 0
+    assert main(["test", *common, "--ckpt_path", best, "--run.out_dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     printed = {k: float(v) for k, v in re.findall(r"(test/\w+)\s*[│|]?\s*([0-9.]+(?:e-?\d+)?)", out)}
     assert printed.keys() == rec["test_metrics"].keys()
     assert printed == pytest.approx(rec["test_metrics"], abs=1e-6)
+    assert (tmp_path / "runs" / "eval").is_dir()  # logs under run.out_dir, not ./lightning_logs
