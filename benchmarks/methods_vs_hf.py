@@ -138,8 +138,6 @@ class PetuneStep:
     backward, clip at 1.0, AdamW as the module configures it, ``zero_grad(set_to_none=True)``."""
 
     def __init__(self, method: str) -> None:
-        import torch
-
         self.model = petune_model(method)
         self.model.train()
         self.opt = module_optimizer(self.model)
@@ -232,16 +230,22 @@ def paired(methods: list[str], dm, a) -> None:
               f"{po:.1f} / {ho:.1f} |")
     print("step peak: malloc bytes in use above the step's start (activations, gradients, temporaries; "
           "HeapProbe); optimizer state: AdamW moments, exact")
-    if "finetune" in methods:
-        ft = median(cpu[("finetune", "petune")])
-        print("\nPET step time / full-FT step time, pl_petune, same batch (target <= 0.75x):")
-        for m in methods:
-            if m != "finetune":
-                print(f"  {m:9s} {fmt_ratio(median(cpu[(m, 'petune')]) / ft, 0.75, higher_is_better=False)}")
+    pet_vs_ft(methods, lambda m: median(cpu[(m, "petune")]))
     print("\nper-step CPU-seconds (pl_petune | HF):")
     for m in methods:
         print(f"  {m:9s} " + " ".join(f"{x:.2f}" for x in cpu[(m, "petune")]) + " | "
               + " ".join(f"{x:.2f}" for x in cpu[(m, "hf")]))
+
+
+def pet_vs_ft(methods: list[str], step_time) -> None:
+    """Print each PET method's step time over full FT's (``step_time(method)``: pl_petune's, any unit)."""
+    if "finetune" not in methods:
+        return
+    ft = step_time("finetune")
+    print("\nPET step time / full-FT step time, pl_petune, same batch (target <= 0.75x):")
+    for m in methods:
+        if m != "finetune":
+            print(f"  {m:9s} {fmt_ratio(step_time(m) / ft, 0.75, higher_is_better=False)}")
 
 
 def trainable(model) -> int:
@@ -311,8 +315,8 @@ def main() -> None:
           f"{a.steps} timed steps after {a.warmup} warm-up; medians")
     print("throughput: samples per CPU-second of this process (steady on a shared machine); wall: samples per "
           "second of wall time")
-    print(f"| method | pl_petune samples/CPU-s | HF samples/CPU-s | throughput ratio (target >= 1.0x) | "
-          f"wall ratio | pl_petune mem MiB | HF mem MiB | memory ratio |")
+    print("| method | pl_petune samples/CPU-s | HF samples/CPU-s | throughput ratio (target >= 1.0x) | "
+          "wall ratio | pl_petune mem MiB | HF mem MiB | memory ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for m in methods:
         p, h = median(speed[(m, "petune")]), median(speed[(m, "hf")])
@@ -321,12 +325,7 @@ def main() -> None:
         print(f"| {m} | {p:.2f} | {h:.2f} | {fmt_ratio(p / h, 1.0)} | {pw / hw:.2f}x | {pm:.0f} | {hm:.0f} | "
               f"{pm / hm if hm else float('nan'):.2f}x |")
     print(f"memory: {mem}")
-    if "finetune" in methods:
-        ft = median(speed[("finetune", "petune")])
-        print("\nPET step time / full-FT step time, pl_petune, same batch (target <= 0.75x):")
-        for m in methods:
-            if m != "finetune":
-                print(f"  {m:9s} {fmt_ratio(ft / median(speed[(m, 'petune')]), 0.75, higher_is_better=False)}")
+    pet_vs_ft(methods, lambda m: 1.0 / median(speed[(m, "petune")]))
     print("\nper-round samples/CPU-s (pl_petune / HF), then samples/s of wall time:")
     for m in methods:
         print(f"  {m:9s} " + "  ".join(f"{p:.2f}/{h:.2f}" for p, h in zip(speed[(m, 'petune')], speed[(m, 'hf')]))

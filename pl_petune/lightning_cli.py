@@ -75,8 +75,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-
-
 # The run whose "running" record this process wrote; marked failed if the process fails before completing.
 _ACTIVE: dict[str, Any] = {}
 
@@ -93,12 +91,17 @@ class _Parser(LightningArgumentParser):
     """Lightning's parser whose errors become one line (the bad key and value) instead of usage + report."""
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
-        cause: BaseException | None = ex
-        while cause is not None:  # a class's own refusal (e.g. ConfigError from __init__) keeps its words
-            if isinstance(cause, PetuneError):
-                raise cause
-            cause = cause.__cause__ or cause.__context__
+        cause = _petune_cause(ex)  # a class's own refusal (e.g. ConfigError from __init__) keeps its words
+        if cause is not None:
+            raise cause
         raise ArgumentsError(_one_line(message))
+
+
+def _petune_cause(err: BaseException | None) -> PetuneError | None:
+    """The first :class:`PetuneError` in ``err``'s chain (jsonargparse wraps a class's refusal in ValueError)."""
+    while err is not None and not isinstance(err, PetuneError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 class PetuneCLI(LightningCLI):
@@ -228,8 +231,7 @@ class PetuneCLI(LightningCLI):
             "model_class": cfg.model.class_path, "backbone": cfg.model.init_args.backbone,
             "protocol": dm.protocol, "leaky": dm.leaky,
             "init_seed": cfg.model.init_args.init_seed, "data_seed": cfg.data.data_seed, "seed_mode": seed_mode,
-            "hparams": {k: v for k, v in _flat(_to_dict(cfg)).items()
-                        if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)},
+            "hparams": _drop_non_identity(_flat(_to_dict(cfg))),
             "identity": info["identity"], "primary_metric": spec.primary_metric.name,
             "higher_is_better": spec.primary_metric.higher_is_better,
             "monitor": cfg.early_stopping.monitor, "train_size": sizes.get("train"),
@@ -412,9 +414,13 @@ def _identity(cfg: Any) -> dict[str, Any]:
     """
     flat = _flat(_to_dict(cfg))
     defaults = _defaults(flat["model.class_path"])
-    return {k: v for k, v in flat.items()
-            if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)
-            and (k in ALWAYS_IDENTITY or k not in defaults or defaults[k] != v)}
+    return {k: v for k, v in _drop_non_identity(flat).items()
+            if k in ALWAYS_IDENTITY or k not in defaults or defaults[k] != v}
+
+
+def _drop_non_identity(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` without the keys under :data:`NON_IDENTITY` (where a run writes, how it logs)."""
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NON_IDENTITY)}
 
 
 def run_key_for(argv: list[str], config: Any = None) -> str:
@@ -498,14 +504,18 @@ def parse_only(argv: list[str]):
     Returns the parsed config namespace. Raises ``SystemExit(2)`` on a parse error, as the CLI would.
     Used by sweep validation to prove every expanded run's command parses.
     """
+    return parse_only_cli(argv).config
+
+
+def parse_only_cli(argv: list[str]) -> PetuneCLI:
+    """The CLI object :func:`parse_only` builds (its ``parser`` can then parse other argvs cheaply)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_ARGS_WARNING)
-        cli = _ParseOnlyCLI(
+        return _ParseOnlyCLI(
             PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
             seed_everything_default=False, args=argv, auto_configure_optimizers=False,
             parser_kwargs={"parser_mode": "yaml"}, parser_class=_Parser,
         )
-    return cli.config
 
 
 def _one_line(message: str) -> str:
@@ -549,9 +559,7 @@ def run_lightning_cli(argv: list[str]) -> int:
         if _ACTIVE:
             _ACTIVE["store"].mark_failed(_ACTIVE["key"], f"{type(err).__name__}: {err}")
             _ACTIVE.clear()
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, PetuneError):
-            cause = cause.__cause__ or cause.__context__  # jsonargparse wraps a class's refusal in ValueError
+        cause = _petune_cause(err)
         if cause is not None:
             print(f"petune {argv[0]}: error: {cause}", file=sys.stderr)
             return 2

@@ -19,7 +19,7 @@ QQP: binary F1 of the positive class, as the GLUE scorer); ``mcc`` (CoLA: Matthe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from pl_petune.errors import ConfigError
@@ -214,11 +214,9 @@ register(TaskSpec("mnli", "glue", "classification", ("sentence1", "sentence2"),
                   _pair("sentence1", "sentence2")))
 # MNLI with the mismatched validation set as its held-out split (the module-wise paper's MNLI_mm column): the
 # same training data, so an mnli run can score it as an OOD set (data.ood) with the same best checkpoint.
-register(TaskSpec("mnli_mm", "glue", "classification", ("sentence1", "sentence2"),
-                  ("entailment", "neutral", "contradiction"), "gold_label", (ACC,), 392702,
-                  {"dir": "glue/MNLI", "train": "train.tsv", "dev": "dev_mismatched.tsv", **_GLUE_TSV},
-                  ("nyu-mll/glue", "mnli", {"train": "train", "dev": "validation_mismatched"}),
-                  _pair("sentence1", "sentence2")))
+_MNLI = TASKS["mnli"]
+register(replace(_MNLI, name="mnli_mm", local={**_MNLI.local, "dev": "dev_mismatched.tsv"},
+                 hub=(_MNLI.hub[0], _MNLI.hub[1], {**_MNLI.hub[2], "dev": "validation_mismatched"})))
 
 # Hub label columns are integers already; these map hub column names where they differ from the files.
 HUB_COLUMNS: dict[str, dict[str, str]] = {
@@ -226,8 +224,8 @@ HUB_COLUMNS: dict[str, dict[str, str]] = {
     "stsb": {"label": "score"},
     "qqp": {"label": "is_duplicate"},
     "mnli": {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
-    "mnli_mm": {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
 }
+HUB_COLUMNS["mnli_mm"] = HUB_COLUMNS["mnli"]
 
 
 def get_task(name: str) -> TaskSpec:

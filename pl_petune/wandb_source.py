@@ -16,7 +16,7 @@ import json
 from typing import Any, Iterable, Optional
 
 from pl_petune.errors import PetuneError
-from pl_petune.records import RecordError, validate
+from pl_petune.records import validate
 
 SUMMARY_KEY = "petune/record"
 
@@ -43,17 +43,12 @@ def _parse_path(path: str) -> tuple[str, Optional[str]]:
     raise WandbSourceError(f"W&B path {path!r} is not ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID")
 
 
-def _runs(path: str, api: Any) -> Iterable[Any]:
-    project, sweep = _parse_path(path)
-    return api.sweep(sweep).runs if sweep else api.runs(project)
-
-
 def records_from_wandb(path: str, api: Optional[Any] = None) -> tuple[list[dict[str, Any]], int]:
     """Complete petune records of the W&B runs at ``path``; returns ``(records, skipped)``.
 
     ``api`` defaults to ``wandb.Api()`` (tests pass a stand-in with the same ``runs``/``sweep`` methods).
     """
-    _parse_path(path)  # a malformed path is refused before any network call
+    project, sweep = _parse_path(path)  # a malformed path is refused before any network call
     if api is None:
         try:
             import wandb
@@ -63,9 +58,7 @@ def records_from_wandb(path: str, api: Optional[Any] = None) -> tuple[list[dict[
             raise WandbSourceError(f"cannot reach W&B for {path!r} ({type(err).__name__}: {err}); run `wandb login`, "
                                    "or report from a store with --store") from None
     try:
-        runs = list(_runs(path, api))
-    except WandbSourceError:
-        raise
+        runs = list(api.sweep(sweep).runs if sweep else api.runs(project))
     except Exception as err:
         raise WandbSourceError(f"cannot list W&B runs of {path!r} ({type(err).__name__}: {err})") from None
     records, skipped = [], 0
@@ -77,7 +70,7 @@ def records_from_wandb(path: str, api: Optional[Any] = None) -> tuple[list[dict[
         try:
             record = json.loads(blob)
             validate(record)
-        except (ValueError, RecordError) as err:
+        except ValueError as err:  # bad JSON, or a RecordError (a ValueError too)
             raise WandbSourceError(f"W&B run {getattr(run, 'path', run)!r}: its {SUMMARY_KEY} is not a valid "
                                    f"record ({err})") from None
         if record["status"] != "complete":

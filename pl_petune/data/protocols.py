@@ -105,12 +105,10 @@ def make_split(protocol: str, train_labels: Sequence | None, dev_labels: Sequenc
         parts = {"train": ("train", np.arange(n_train - n_held)),
                  "dev": ("train", np.arange(n_train - n_held, n_train)),
                  "test": ("dev", np.arange(n_dev))}
-    elif protocol == "dev_split":
+    elif protocol in ("dev_split", "dev_split_leaky"):
         dev1, dev2 = stratified_split(dev_labels, 0.5, seed, regression, "dev")
-        parts = {"train": ("train", np.arange(n_train)), "dev": ("dev", dev1), "test": ("dev", dev2)}
-    elif protocol == "dev_split_leaky":
-        _, dev2 = stratified_split(dev_labels, 0.5, seed, regression, "dev")
-        parts = {"train": ("train", np.arange(n_train)), "dev": ("dev", dev2), "test": ("dev", dev2)}
+        select = dev2 if protocol == "dev_split_leaky" else dev1
+        parts = {"train": ("train", np.arange(n_train)), "dev": ("dev", select), "test": ("dev", dev2)}
     else:  # leaky
         parts = {"train": ("train", np.arange(n_train)), "dev": ("dev", np.arange(n_dev)),
                  "test": ("dev", np.arange(n_dev))}

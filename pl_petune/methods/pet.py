@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import PetuneModule
 from pl_petune.callbacks.selection import ParamSelector
