@@ -6,6 +6,7 @@ Private to ``pl_petune.callbacks``; depends on lightning and torch only.
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -25,6 +26,25 @@ _REFUSED_STRATEGIES = ("DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrate
 
 class CallbackMisuse(ValueError):
     """A callback was configured or attached in a way it cannot honour; the message names the fix."""
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (a checkpoint in a run record)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A content hash of named tensors (names, dtypes, shapes and bytes), for run records and resume checks."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def as_selector(value: SelectorLike, what: str) -> ParamSelector:

@@ -7,7 +7,6 @@ test split is evaluated once, after fit, with the best-on-dev weights; asking fo
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from typing import Any, Optional
@@ -18,19 +17,11 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from typing_extensions import override
 
-from pl_petune.callbacks._common import CallbackMisuse, check_strategy
+from pl_petune.callbacks._common import CallbackMisuse, check_strategy, file_sha256
 
 
 class HeldOutTooEarly(CallbackMisuse, RuntimeError):
     """A test evaluation was asked for before fit ended (or a second time) under a non-leaky protocol."""
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class DevSplitEarlyStopping(EarlyStopping):
@@ -194,5 +185,5 @@ class DevSplitEarlyStopping(EarlyStopping):
             "monitor": self.monitor, "mode": self.mode, "patience": self.patience, "leaky": self.leaky,
             "best_epoch": self.best_epoch, "best_score": float(self.best_score) if path else None,
             "best_checkpoint": path or None,
-            "best_checkpoint_sha256": _sha256(path) if path and os.path.isfile(path) else None,
+            "best_checkpoint_sha256": file_sha256(path) if path and os.path.isfile(path) else None,
             "carved": self._carved, "tested": self._tested}}

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import types
 from typing import Any, Callable, Optional, Sequence
@@ -20,7 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
-from pl_petune.callbacks._common import CallbackMisuse, SelectorLike, as_selector, check_strategy
+from pl_petune.callbacks._common import CallbackMisuse, SelectorLike, as_selector, check_strategy, tensor_sha256
 
 
 def _mixout_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -92,15 +91,13 @@ class Mixout(Callback):
         if not layers:
             raise CallbackMisuse(f"Mixout matched no nn.Linear (include={list(self.include)}, "
                                  f"exclude={list(self.exclude)}); widen include")
-        h = hashlib.sha256()
         for name, mod in layers:
             # setup runs before a checkpoint is restored: this is the weight as constructed (pretrained)
             mod.register_buffer("mixout_target", mod.weight.detach().clone(), persistent=False)
             mod.mixout_p = self.p
             mod.forward = types.MethodType(_mixout_forward, mod)
-            h.update(mod.mixout_target.cpu().contiguous().view(torch.uint8).numpy().tobytes())
         self._layers = [n for n, _ in layers]
-        self._target_sha = h.hexdigest()
+        self._target_sha = tensor_sha256({name: mod.mixout_target for name, mod in layers})
         if self.disable_dropout:
             for mod in pl_module.modules():
                 if isinstance(mod, nn.Dropout):

@@ -20,7 +20,6 @@ Contract with the LightningModule (attribute names configurable):
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
@@ -43,21 +42,12 @@ from pl_petune.callbacks._common import (
     rewrap_ddp,
     steps_per_epoch,
     submodule_prefix,
+    tensor_sha256,
 )
 
 Solver = Literal["adamw", "lbfgs"]
 # Kumar et al.'s sweep: C in logspace(-7, 2); ours defaults to 10 points of it.
 DEFAULT_CS = tuple(float(c) for c in torch.logspace(-7, 2, 10, dtype=torch.float64).tolist())
-
-
-def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """A content hash of named tensors (names, dtypes, shapes and bytes), for the run record."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class HeadWarmStart(Callback):

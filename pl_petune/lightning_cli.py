@@ -21,7 +21,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from pl_petune.callbacks.devsplit import _sha256
+from pl_petune.callbacks._common import file_sha256
 from pl_petune.data.module import TaskDataModule
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.methods import PetuneModule
@@ -181,7 +181,7 @@ class PetuneCLI(LightningCLI):
         best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
         if not best:
             raise PetuneError(f"no best checkpoint was saved for monitor {ckpt_cb.monitor!r}; is it logged?")
-        info["best"] = {"path": best, "sha256": _sha256(best),
+        info["best"] = {"path": best, "sha256": file_sha256(best),
                         "score": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None}
         dev_metrics = self._best_dev_metrics()
         dm.unlock_heldout()
