@@ -19,6 +19,7 @@ TOOLS = {
     "runs": "pl_petune.sweep:runs_main",
     "report": "pl_petune.report:main",
     "features": "pl_petune.features:main",
+    "recipes": "pl_petune.recipes_cli:main",
 }
 LIGHTNING = ("fit", "validate", "test")
 
@@ -40,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cmd in LIGHTNING:
             from pl_petune.lightning_cli import run_lightning_cli
+            from pl_petune.packaged import resolve_config_args
 
-            return run_lightning_cli(argv)
+            return run_lightning_cli(resolve_config_args(argv))
         if cmd in TOOLS:
             module, func = TOOLS[cmd].split(":")
             return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
