@@ -69,10 +69,11 @@ def resolve_config(value: str) -> str:
     found = packaged_recipe(value)
     if found is not None:
         return str(found)
+    import difflib
+
     names = packaged_names()
-    stem = Path(value).stem
-    close = [n for n in names if stem and stem in n][:8] or names[:8]
-    raise ConfigError(f"--config {value!r} is neither a file nor a packaged recipe; packaged recipes include: "
+    close = difflib.get_close_matches(value.removesuffix(".yaml"), names, n=5, cutoff=0.5) or names[:5]
+    raise ConfigError(f"--config {value!r} is neither a file nor a packaged recipe; closest packaged recipes: "
                       + ", ".join(close) + " (petune recipes list shows all)")
 
 
