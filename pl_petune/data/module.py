@@ -202,6 +202,16 @@ class TaskDataModule(L.LightningDataModule):
         self._heldout_locked = False
         self.datasets: dict[str, Any] = {}
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-able (what a :class:`~pl_petune.recorder.RunRecorder` records)."""
+        return {"task": self.task, "data_dir": self.data_dir, "protocol": self.protocol, "data_seed": self.data_seed,
+                "tokenizer": self.tokenizer_name, "max_length": self.max_length, "batch_size": self.batch_size,
+                "eval_batch_size": self.eval_batch_size, "dev_fraction": self.dev_fraction,
+                "train_limit": self.train_limit, "pad_to_max_length": self.pad_to_max_length,
+                "num_workers": self.num_workers, "group_by_length": self.group_by_length,
+                "ood": {n: {"task": o.task, "split": o.split, "label_map": dict(o.label_map)}
+                        for n, o in self.ood.items()}}
+
     # ---- the held-out guard --------------------------------------------------------------------
     @property
     def leaky(self) -> bool:
