@@ -522,6 +522,7 @@ def _one_line(message: str) -> str:
     """Condense jsonargparse's nested error report to one line naming the bad key and value."""
     import re
 
+    from pl_petune.argtypes import render_parse_error
     from pl_petune.methods import METHODS
 
     lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
@@ -537,6 +538,9 @@ def _one_line(message: str) -> str:
     where = key.group(1) if key else ""
     if nested and where:
         where = f"{where}.{nested.group(1)}" if not where.endswith(nested.group(1)) else where
+    typed = render_parse_error(text, where)  # a constrained method argument or a Literal: name, value, range
+    if typed:
+        return typed
     if where and detail:
         return f"{where}: {detail}"
     return lines[0] if len(lines) == 1 else (lines[0] + " " + detail).strip()
