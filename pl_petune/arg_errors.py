@@ -58,6 +58,11 @@ def condense(message: str) -> str:
     where = key.group(1) if key else ""
     if nested and where:
         where = f"{where}.{nested.group(1)}" if not where.endswith(nested.group(1)) else where
+    from pl_petune.argtypes import render_parse_error
+
+    typed = render_parse_error(text, where)  # a constrained method argument or a Literal: name, value, range
+    if typed:
+        return typed
     if where and detail:
         return f"{where}: {detail}"
     return lines[0] if len(lines) == 1 else (lines[0] + " " + detail).strip()

