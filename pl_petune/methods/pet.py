@@ -17,11 +17,11 @@ Every class here keeps the common contract for warm-start callbacks (EH-FT's sta
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import PetuneModule
+from pl_petune.methods.registry import added_patterns, register_method
 from pl_petune.callbacks.selection import ParamSelector
 
 ADAPTER_NAME = "petune"
@@ -30,18 +30,15 @@ ADAPTER_NAME = "petune"
 class PetLayerMethod(PetuneModule):
     """Thin shared part of the methods that add layers: the trainable set is the added layers plus the head.
 
-    Subclasses set ``added_pattern`` (a regex over parameter names, ``named_parameters()`` of the module)
-    and implement :meth:`configure_method` and :meth:`drop_pet_layers`.
+    Subclasses register with their ``added`` patterns (regexes over ``named_parameters()`` names of the module,
+    :func:`~pl_petune.methods.registry.register_method`) and implement :meth:`configure_method` and
+    :meth:`drop_pet_layers`.
     """
-
-    added_pattern: str = r"$^"
 
     def select_trainable(self) -> set[str]:
         """The added PET parameters and the head; the whole pretrained backbone is frozen."""
-        return set(ParamSelector(include=(r"^head\.", self.added_pattern)).resolve(self))
-
-    def _is_added(self, name: str) -> bool:
-        return re.search(self.added_pattern, name) is not None
+        added = tuple(p.pattern for p in added_patterns(type(self)))
+        return set(ParamSelector(include=(r"^head\.", *added)).resolve(self))
 
     def pet_parameter_names(self) -> list[str]:
         """Names (in ``named_parameters()`` of the module) of the parameters the method added."""
@@ -94,6 +91,7 @@ class _AdapterHubMethod(PetLayerMethod):
         self.backbone = plain
 
 
+@register_method("adapter", added=r"\.adapters\." + ADAPTER_NAME + r"\.")
 class Adapter(_AdapterHubMethod):
     """Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2021): h ← h + W_up·f(W_down·h).
 
@@ -111,8 +109,6 @@ class Adapter(_AdapterHubMethod):
         **kwargs: the base module's arguments (:class:`~pl_petune.methods.base.PetuneModule`).
     """
 
-    method_name = "adapter"
-    added_pattern = r"\.adapters\." + ADAPTER_NAME + r"\."
     VARIANTS = ("pfeiffer", "houlsby")
     INITS = {"identity": "mam_adapter", "bert": "bert", "houlsby": "houlsby"}
 
@@ -135,6 +131,7 @@ class Adapter(_AdapterHubMethod):
         return cls(reduction_factor=hp.reduction_factor, init_weights=self.INITS[hp.init], **extra)
 
 
+@register_method("prefix", added=r"prefix_tuning\.pool\.prefix_tunings\." + ADAPTER_NAME + r"\.")
 class PrefixTuning(_AdapterHubMethod):
     """Deep prefix tuning (Li & Liang, 2021; P-tuning v2): trainable keys and values prepended in every layer.
 
@@ -152,9 +149,6 @@ class PrefixTuning(_AdapterHubMethod):
         **kwargs: the base module's arguments.
     """
 
-    method_name = "prefix"
-    added_pattern = r"prefix_tuning\.pool\.prefix_tunings\." + ADAPTER_NAME + r"\."
-
     def __init__(self, prefix_length: int = 8, reparametrize: bool = False, bottleneck_size: int = 512,
                  prefix_dropout: float = 0.1, **kwargs: Any) -> None:
         if prefix_length < 1:
@@ -171,6 +165,7 @@ class PrefixTuning(_AdapterHubMethod):
                                   bottleneck_size=hp.bottleneck_size, dropout=hp.prefix_dropout)
 
 
+@register_method("prompt", added=r"prompt_tuning\.prompt_tunings\." + ADAPTER_NAME + r"\.")
 class PromptTuning(_AdapterHubMethod):
     """Prompt tuning (Lester et al., 2021): ``prompt_length`` trainable input embeddings, inserted right after
     the first token ([CLS] / <s>) so the head still reads that token. Backed by AdapterHub
@@ -180,9 +175,6 @@ class PromptTuning(_AdapterHubMethod):
         prompt_length: number of soft prompt tokens.
         **kwargs: the base module's arguments.
     """
-
-    method_name = "prompt"
-    added_pattern = r"prompt_tuning\.prompt_tunings\." + ADAPTER_NAME + r"\."
 
     def __init__(self, prompt_length: int = 20, **kwargs: Any) -> None:
         if prompt_length < 1:
@@ -197,6 +189,7 @@ class PromptTuning(_AdapterHubMethod):
         return PromptTuningConfig(prompt_length=hp.prompt_length, combine="prefix_after_bos")
 
 
+@register_method("ia3", added=r"\.loras\." + ADAPTER_NAME + r"\.")
 class IA3(_AdapterHubMethod):
     """(IA)^3 (Liu et al., 2022): learned vectors rescale keys, values and the feed-forward activations,
     k ← l_k ⊙ k, v ← l_v ⊙ v, h_ff ← l_ff ⊙ h_ff; the vectors start at one, so the model starts as the
@@ -207,9 +200,6 @@ class IA3(_AdapterHubMethod):
         feedforward: also rescale the intermediate feed-forward activations.
         **kwargs: the base module's arguments.
     """
-
-    method_name = "ia3"
-    added_pattern = r"\.loras\." + ADAPTER_NAME + r"\."
 
     def __init__(self, attn_matrices: list[str] = ["k", "v"], feedforward: bool = True, **kwargs: Any) -> None:
         bad = [m for m in attn_matrices if m not in ("q", "k", "v")]
@@ -237,6 +227,7 @@ LORA_TARGETS = {
 }
 
 
+@register_method("lora", added=r"\.lora_(?:A|B)\.")
 class LoRA(PetLayerMethod):
     """LoRA (Hu et al., 2022): W x + (α/r)·B A x on chosen Linear layers, A kaiming-uniform, B zero, so the
     model starts as the frozen backbone. Backed by PEFT (``inject_adapter_in_model``) because it adapts any
@@ -253,9 +244,7 @@ class LoRA(PetLayerMethod):
     Call :meth:`merge` after training to fold B A into W for inference (no extra latency).
     """
 
-    method_name = "lora"
     pet_library = "peft"
-    added_pattern = r"\.lora_(?:A|B)\."
 
     def __init__(self, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, targets: list[str] = ["q", "v"],
                  **kwargs: Any) -> None:

@@ -18,6 +18,7 @@ import torch
 from pl_petune.callbacks.selection import ParamSelector
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import PetuneModule
+from pl_petune.methods.registry import register_method
 
 HEAD = r"^head\."
 POOLER = r"^backbone\.pooler\."
@@ -41,6 +42,7 @@ def resolve(module: torch.nn.Module, *patterns: str, head: bool = True, **select
     return names
 
 
+@register_method("bitfit")
 class BitFit(PetuneModule):
     """BitFit (Ben Zaken et al., 2022): only bias terms train, b ← b − η∇b, weights frozen.
 
@@ -51,7 +53,6 @@ class BitFit(PetuneModule):
         **kwargs: the base module's arguments (:class:`~pl_petune.methods.base.PetuneModule`).
     """
 
-    method_name = "bitfit"
     VARIANTS = ("all", "ehft")
 
     def __init__(self, variant: str = "all", **kwargs: Any) -> None:
@@ -65,6 +66,7 @@ class BitFit(PetuneModule):
         return resolve(self, EHFT_BIASES)
 
 
+@register_method("ffn")
 class FFNOnly(PetuneModule):
     """Feed-forward only (AkbarTajari et al., 2022, "Feed-Forward"): every layer's intermediate and output
     dense Linears (weights and biases, no LayerNorm) and the head train.
@@ -73,8 +75,6 @@ class FFNOnly(PetuneModule):
         **kwargs: the base module's arguments.
     """
 
-    method_name = "ffn"
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
@@ -82,6 +82,7 @@ class FFNOnly(PetuneModule):
         return resolve(self, FFN)
 
 
+@register_method("mha")
 class MHAOnly(PetuneModule):
     """Multi-head attention only (AkbarTajari et al., 2022, "Multi-Head"): every layer's query, key, value
     and attention output dense Linears (no LayerNorm) and the head train.
@@ -90,8 +91,6 @@ class MHAOnly(PetuneModule):
         **kwargs: the base module's arguments.
     """
 
-    method_name = "mha"
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
@@ -99,6 +98,7 @@ class MHAOnly(PetuneModule):
         return resolve(self, MHA)
 
 
+@register_method("layernorm")
 class LayerNormTuning(PetuneModule):
     """LayerNorm tuning (AkbarTajari et al., 2022): the encoder's LayerNorm gains and biases and the head
     train (the embedding LayerNorm does not).
@@ -110,8 +110,6 @@ class LayerNormTuning(PetuneModule):
             trains one layer's LayerNorms, ``layers: [k]``. ``None``: every layer.
         **kwargs: the base module's arguments.
     """
-
-    method_name = "layernorm"
 
     def __init__(self, variant: str = "all", layers: Optional[list[int]] = None, **kwargs: Any) -> None:
         if variant not in LN_VARIANTS:
@@ -126,6 +124,7 @@ class LayerNormTuning(PetuneModule):
             raise ConfigError(f"layernorm layers {hp.layers!r}: {err}") from None
 
 
+@register_method("topk")
 class TopK(PetuneModule):
     """Top-K layers (EH-FT's ``all[i-j]`` baseline): the top ``k`` transformer layers and the head train.
 
@@ -133,8 +132,6 @@ class TopK(PetuneModule):
         k: number of top encoder layers that train (1 .. number of layers).
         **kwargs: the base module's arguments.
     """
-
-    method_name = "topk"
 
     def __init__(self, k: int = 3, **kwargs: Any) -> None:
         if k < 1:
@@ -148,6 +145,7 @@ class TopK(PetuneModule):
         return resolve(self, LAYER, layers=list(range(n - k, n)))
 
 
+@register_method("frozen")
 class Frozen(PetuneModule):
     """Frozen backbone (AkbarTajari et al., 2022, "Frozen"): only the head trains; the backbone runs in train
     mode (its dropout is active), unlike :class:`LinearProbe`.
@@ -156,8 +154,6 @@ class Frozen(PetuneModule):
         **kwargs: the base module's arguments.
     """
 
-    method_name = "frozen"
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
@@ -165,6 +161,7 @@ class Frozen(PetuneModule):
         return set(ParamSelector(include=(HEAD,)).resolve(self))
 
 
+@register_method("linear_probe")
 class LinearProbe(PetuneModule):
     """Linear probing (EH-FT's ``head`` baseline; the LP of LP-FT): only the head trains, on features of the
     backbone kept in eval mode (no dropout) and run under ``no_grad`` (no activation memory, ~4x faster).
@@ -172,8 +169,6 @@ class LinearProbe(PetuneModule):
     Args:
         **kwargs: the base module's arguments (``head: linear`` gives a strictly linear probe).
     """
-
-    method_name = "linear_probe"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -192,6 +187,7 @@ class LinearProbe(PetuneModule):
         return self
 
 
+@register_method("random")
 class RandomSubset(PetuneModule):
     """Random (AkbarTajari et al., 2022): a seeded random subset of ``size`` backbone parameter *entries*
     (scalars) and the head train.
@@ -206,8 +202,6 @@ class RandomSubset(PetuneModule):
         size: number of backbone entries that train (``None``: the encoder LayerNorm count).
         **kwargs: the base module's arguments.
     """
-
-    method_name = "random"
 
     def __init__(self, size: Optional[int] = None, **kwargs: Any) -> None:
         if size is not None and size < 1:
