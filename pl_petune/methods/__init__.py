@@ -1,32 +1,26 @@
 """The methods: one LightningModule each, registered by name.
 
-``METHODS`` maps a method's name (as in recipes, records and ``petune params --method``) to its class.
-Adding a method: its module, one line here, one row in the shared test matrix, one recipe.
+Every module of this package is imported here, and each registers its methods with
+:func:`~pl_petune.methods.registry.register_method`; ``METHODS`` maps a method's name (as in recipes, records
+and ``petune params --method``) to its class, and every registered class is importable as
+``pl_petune.methods.<Class>`` (the recipes' ``class_path``). Adding a method: its module (with its one
+registration), one row in the shared test matrix, one recipe.
 """
 
 from __future__ import annotations
 
-from pl_petune.errors import ConfigError
-from pl_petune.methods.base import ClassificationHead, FullFinetune, PetuneModule
-from pl_petune.methods.cross_attention import CrossAttentionTuning
-from pl_petune.methods.pet import IA3, Adapter, LoRA, PetLayerMethod, PrefixTuning, PromptTuning
-from pl_petune.methods.selective import (BitFit, FFNOnly, Frozen, LayerNormTuning, LinearProbe, MHAOnly,
-                                         RandomSubset, TopK)
+import importlib
+import pkgutil
 
-METHODS: dict[str, type[PetuneModule]] = {
-    cls.method_name: cls
-    for cls in (FullFinetune, Adapter, PrefixTuning, PromptTuning, LoRA, IA3, BitFit, FFNOnly, MHAOnly,
-                LayerNormTuning, RandomSubset, Frozen, LinearProbe, TopK, CrossAttentionTuning)
-}
+from pl_petune.methods.base import ClassificationHead, PetuneModule
+from pl_petune.methods.pet import PetLayerMethod
+from pl_petune.methods.registry import METHODS, get_method, register_method
 
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
-def get_method(name: str) -> type[PetuneModule]:
-    """The class registered as ``name``; raises :class:`ConfigError` naming the known methods."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+globals().update({cls.__name__: cls for cls in METHODS.values()})
 
-
-__all__ = ["METHODS", "get_method", "PetuneModule", "FullFinetune", "ClassificationHead", "PetLayerMethod",
-           "Adapter", "PrefixTuning", "PromptTuning", "LoRA", "IA3", "BitFit", "FFNOnly", "MHAOnly",
-           "LayerNormTuning", "RandomSubset", "Frozen", "LinearProbe", "TopK", "CrossAttentionTuning"]
+__all__ = ["METHODS", "get_method", "register_method", "PetuneModule", "ClassificationHead", "PetLayerMethod",
+           *sorted(cls.__name__ for cls in METHODS.values())]

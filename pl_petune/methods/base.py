@@ -25,6 +25,7 @@ from torch import nn
 from pl_petune.argtypes import NonNegativeFloat, PositiveFloat, Probability, Seed, check_arguments
 from pl_petune.backbones import DEFAULT_BACKBONE, resolve_backbone
 from pl_petune.errors import ConfigError
+from pl_petune.methods.registry import RegisteredName, added_patterns, register_method
 from pl_petune.metrics import build_metrics
 from pl_petune.tasks import get_task
 
@@ -153,7 +154,7 @@ class PetuneModule(L.LightningModule):
     ``pooler_linear``, and trains only with ``train_pooler``.
     """
 
-    method_name = "finetune"
+    method_name = RegisteredName()  # the registry's name of exactly this class (pl_petune.methods.registry)
 
     def __init__(
         self,
@@ -262,8 +263,8 @@ class PetuneModule(L.LightningModule):
         }
 
     def _is_added(self, name: str) -> bool:
-        """Parameters a method added to the backbone (PET layers); overridden where names differ."""
-        return any(k in name for k in ("adapter", "lora_", "prefix", "prompt", "ia3", "ia3_l"))
+        """Parameters the method added to the backbone: those its registration's ``added`` patterns match."""
+        return any(p.search(name) for p in added_patterns(type(self)))
 
     # ---- forward, loss, metrics --------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -376,7 +377,6 @@ class PetuneModule(L.LightningModule):
             torch.cuda.set_rng_state_all(list(cuda)[:count])
 
 
+@register_method("finetune")
 class FullFinetune(PetuneModule):
     """Full finetuning (FT): every backbone parameter and the head train."""
-
-    method_name = "finetune"

@@ -20,11 +20,13 @@ import torch
 
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import PetuneModule
+from pl_petune.methods.registry import register_method
 from pl_petune.methods.selective import resolve
 
 CROSS_ATTENTION = r"^backbone\.decoder\.block\.\d+\.layer\.1\.EncDecAttention\.(?:q|k|v|o)\."
 
 
+@register_method("cross_attention")
 class CrossAttentionTuning(PetuneModule):
     """Only the decoder's cross-attention (every block's ``EncDecAttention`` q, k, v, o) and the head train.
 
@@ -37,7 +39,6 @@ class CrossAttentionTuning(PetuneModule):
         ConfigError: the backbone is not an encoder-decoder model.
     """
 
-    method_name = "cross_attention"
     requires_encoder_decoder = True
 
     def __init__(self, **kwargs: Any) -> None:

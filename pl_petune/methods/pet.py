@@ -26,6 +26,7 @@ from pl_petune.argtypes import PositiveFloat, PositiveInt, Probability
 from pl_petune.callbacks.selection import ParamSelector
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import PetuneModule
+from pl_petune.methods.registry import added_patterns, register_method
 
 ADAPTER_NAME = "petune"
 # Activations AdapterHub accepts for an adapter (transformers' ACT2FN names, plus its own leakyrelu).
@@ -37,18 +38,15 @@ LoraTarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
 class PetLayerMethod(PetuneModule):
     """Thin shared part of the methods that add layers: the trainable set is the added layers plus the head.
 
-    Subclasses set ``added_pattern`` (a regex over parameter names, ``named_parameters()`` of the module)
-    and implement :meth:`configure_method` and :meth:`drop_pet_layers`.
+    Subclasses register with their ``added`` patterns (regexes over ``named_parameters()`` names of the module,
+    :func:`~pl_petune.methods.registry.register_method`) and implement :meth:`configure_method` and
+    :meth:`drop_pet_layers`.
     """
-
-    added_pattern: str = r"$^"
 
     def select_trainable(self) -> set[str]:
         """The added PET parameters and the head; the whole pretrained backbone is frozen."""
-        return set(ParamSelector(include=(r"^head\.", self.added_pattern)).resolve(self))
-
-    def _is_added(self, name: str) -> bool:
-        return re.search(self.added_pattern, name) is not None
+        added = tuple(p.pattern for p in added_patterns(type(self)))
+        return set(ParamSelector(include=(r"^head\.", *added)).resolve(self))
 
     def pet_parameter_names(self) -> list[str]:
         """Names (in ``named_parameters()`` of the module) of the parameters the method added."""
@@ -101,6 +99,7 @@ class _AdapterHubMethod(PetLayerMethod):
         self.backbone = plain
 
 
+@register_method("adapter", added=r"\.adapters\." + ADAPTER_NAME + r"\.")
 class Adapter(_AdapterHubMethod):
     """Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2021): h ← h + W_up·f(W_down·h).
 
@@ -118,8 +117,6 @@ class Adapter(_AdapterHubMethod):
         **kwargs: the base module's arguments (:class:`~pl_petune.methods.base.PetuneModule`).
     """
 
-    method_name = "adapter"
-    added_pattern = r"\.adapters\." + ADAPTER_NAME + r"\."
     VARIANTS = ("pfeiffer", "houlsby")
     INITS = {"identity": "mam_adapter", "bert": "bert", "houlsby": "houlsby"}
 
@@ -137,6 +134,7 @@ class Adapter(_AdapterHubMethod):
         return cls(reduction_factor=hp.reduction_factor, init_weights=self.INITS[hp.init], **extra)
 
 
+@register_method("prefix", added=r"prefix_tuning\.pool\.prefix_tunings\." + ADAPTER_NAME + r"\.")
 class PrefixTuning(_AdapterHubMethod):
     """Deep prefix tuning (Li & Liang, 2021; P-tuning v2): trainable keys and values prepended in every layer.
 
@@ -156,9 +154,6 @@ class PrefixTuning(_AdapterHubMethod):
             REFERENCE §10). Only for the flat prefix (``reparametrize`` false).
         **kwargs: the base module's arguments.
     """
-
-    method_name = "prefix"
-    added_pattern = r"prefix_tuning\.pool\.prefix_tunings\." + ADAPTER_NAME + r"\."
 
     def __init__(self, prefix_length: PositiveInt = 8, reparametrize: bool = False, bottleneck_size: PositiveInt = 512,
                  prefix_dropout: Probability = 0.1, prefix_init_std: Optional[PositiveFloat] = None,
@@ -185,6 +180,7 @@ class PrefixTuning(_AdapterHubMethod):
                                   bottleneck_size=hp.bottleneck_size, dropout=hp.prefix_dropout)
 
 
+@register_method("prompt", added=r"prompt_tuning\.prompt_tunings\." + ADAPTER_NAME + r"\.")
 class PromptTuning(_AdapterHubMethod):
     """Prompt tuning (Lester et al., 2021): ``prompt_length`` trainable input embeddings, inserted right after
     the first token ([CLS] / <s>) so the head still reads that token. Backed by AdapterHub
@@ -194,9 +190,6 @@ class PromptTuning(_AdapterHubMethod):
         prompt_length: number of soft prompt tokens.
         **kwargs: the base module's arguments.
     """
-
-    method_name = "prompt"
-    added_pattern = r"prompt_tuning\.prompt_tunings\." + ADAPTER_NAME + r"\."
 
     def __init__(self, prompt_length: PositiveInt = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -209,6 +202,7 @@ class PromptTuning(_AdapterHubMethod):
         return PromptTuningConfig(prompt_length=hp.prompt_length, combine="prefix_after_bos")
 
 
+@register_method("ia3", added=r"\.loras\." + ADAPTER_NAME + r"\.")
 class IA3(_AdapterHubMethod):
     """(IA)^3 (Liu et al., 2022): learned vectors rescale keys, values and the feed-forward activations,
     k ← l_k ⊙ k, v ← l_v ⊙ v, h_ff ← l_ff ⊙ h_ff; the vectors start at one, so the model starts as the
@@ -219,9 +213,6 @@ class IA3(_AdapterHubMethod):
         feedforward: also rescale the intermediate feed-forward activations.
         **kwargs: the base module's arguments.
     """
-
-    method_name = "ia3"
-    added_pattern = r"\.loras\." + ADAPTER_NAME + r"\."
 
     def __init__(self, attn_matrices: list[Literal["q", "k", "v"]] = ["k", "v"], feedforward: bool = True,
                  **kwargs: Any) -> None:
@@ -250,6 +241,7 @@ LORA_TARGETS = {
 }
 
 
+@register_method("lora", added=r"\.lora_(?:A|B)\.")
 class LoRA(PetLayerMethod):
     """LoRA (Hu et al., 2022): W x + (α/r)·B A x on chosen Linear layers, A kaiming-uniform, B zero, so the
     model starts as the frozen backbone. Backed by PEFT (``inject_adapter_in_model``) because it adapts any
@@ -266,9 +258,7 @@ class LoRA(PetLayerMethod):
     Call :meth:`merge` after training to fold B A into W for inference (no extra latency).
     """
 
-    method_name = "lora"
     pet_library = "peft"
-    added_pattern = r"\.lora_(?:A|B)\."
 
     def __init__(self, r: PositiveInt = 8, alpha: PositiveFloat = 16.0, dropout: Probability = 0.0,
                  targets: list[LoraTarget] = ["q", "v"], **kwargs: Any) -> None:

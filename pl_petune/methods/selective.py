@@ -19,6 +19,7 @@ from pl_petune.argtypes import PositiveInt
 from pl_petune.callbacks.selection import ParamSelector
 from pl_petune.errors import ConfigError
 from pl_petune.methods.base import PetuneModule
+from pl_petune.methods.registry import register_method
 
 HEAD = r"^head\."
 POOLER = r"^backbone\.pooler\."
@@ -42,6 +43,7 @@ def resolve(module: torch.nn.Module, *patterns: str, head: bool = True, **select
     return names
 
 
+@register_method("bitfit")
 class BitFit(PetuneModule):
     """BitFit (Ben Zaken et al., 2022): only bias terms train, b ← b − η∇b, weights frozen.
 
@@ -52,7 +54,6 @@ class BitFit(PetuneModule):
         **kwargs: the base module's arguments (:class:`~pl_petune.methods.base.PetuneModule`).
     """
 
-    method_name = "bitfit"
     VARIANTS = ("all", "ehft")
 
     def __init__(self, variant: Literal["all", "ehft"] = "all", **kwargs: Any) -> None:
@@ -64,6 +65,7 @@ class BitFit(PetuneModule):
         return resolve(self, EHFT_BIASES)
 
 
+@register_method("ffn")
 class FFNOnly(PetuneModule):
     """Feed-forward only (AkbarTajari et al., 2022, "Feed-Forward"): every layer's intermediate and output
     dense Linears (weights and biases, no LayerNorm) and the head train.
@@ -72,8 +74,6 @@ class FFNOnly(PetuneModule):
         **kwargs: the base module's arguments.
     """
 
-    method_name = "ffn"
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
@@ -81,6 +81,7 @@ class FFNOnly(PetuneModule):
         return resolve(self, FFN)
 
 
+@register_method("mha")
 class MHAOnly(PetuneModule):
     """Multi-head attention only (AkbarTajari et al., 2022, "Multi-Head"): every layer's query, key, value
     and attention output dense Linears (no LayerNorm) and the head train.
@@ -89,8 +90,6 @@ class MHAOnly(PetuneModule):
         **kwargs: the base module's arguments.
     """
 
-    method_name = "mha"
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
@@ -98,6 +97,7 @@ class MHAOnly(PetuneModule):
         return resolve(self, MHA)
 
 
+@register_method("layernorm")
 class LayerNormTuning(PetuneModule):
     """LayerNorm tuning (AkbarTajari et al., 2022): the encoder's LayerNorm gains and biases and the head
     train (the embedding LayerNorm does not).
@@ -109,8 +109,6 @@ class LayerNormTuning(PetuneModule):
             trains one layer's LayerNorms, ``layers: [k]``. ``None``: every layer.
         **kwargs: the base module's arguments.
     """
-
-    method_name = "layernorm"
 
     def __init__(self, variant: Literal["all", "attention", "ffn"] = "all", layers: Optional[list[int]] = None,
                  **kwargs: Any) -> None:
@@ -124,6 +122,7 @@ class LayerNormTuning(PetuneModule):
             raise ConfigError(f"layernorm layers {hp.layers!r}: {err}") from None
 
 
+@register_method("topk")
 class TopK(PetuneModule):
     """Top-K layers (EH-FT's ``all[i-j]`` baseline): the top ``k`` transformer layers and the head train.
 
@@ -131,8 +130,6 @@ class TopK(PetuneModule):
         k: number of top encoder layers that train (1 .. number of layers).
         **kwargs: the base module's arguments.
     """
-
-    method_name = "topk"
 
     def __init__(self, k: PositiveInt = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -144,6 +141,7 @@ class TopK(PetuneModule):
         return resolve(self, LAYER, layers=list(range(n - k, n)))
 
 
+@register_method("frozen")
 class Frozen(PetuneModule):
     """Frozen backbone (AkbarTajari et al., 2022, "Frozen"): only the head trains; the backbone runs in train
     mode (its dropout is active), unlike :class:`LinearProbe`.
@@ -152,8 +150,6 @@ class Frozen(PetuneModule):
         **kwargs: the base module's arguments.
     """
 
-    method_name = "frozen"
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
@@ -161,6 +157,7 @@ class Frozen(PetuneModule):
         return set(ParamSelector(include=(HEAD,)).resolve(self))
 
 
+@register_method("linear_probe")
 class LinearProbe(PetuneModule):
     """Linear probing (EH-FT's ``head`` baseline; the LP of LP-FT): only the head trains, on features of the
     backbone kept in eval mode (no dropout) and run under ``no_grad`` (no activation memory, ~4x faster).
@@ -168,8 +165,6 @@ class LinearProbe(PetuneModule):
     Args:
         **kwargs: the base module's arguments (``head: linear`` gives a strictly linear probe).
     """
-
-    method_name = "linear_probe"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -188,6 +183,7 @@ class LinearProbe(PetuneModule):
         return self
 
 
+@register_method("random")
 class RandomSubset(PetuneModule):
     """Random (AkbarTajari et al., 2022): a seeded random subset of ``size`` backbone parameter *entries*
     (scalars) and the head train.
@@ -211,8 +207,6 @@ class RandomSubset(PetuneModule):
             layers only, no embedding matrices).
         **kwargs: the base module's arguments.
     """
-
-    method_name = "random"
 
     def __init__(self, size: Optional[PositiveInt] = None, draw_from: Literal["backbone", "encoder"] = "backbone",
                  **kwargs: Any) -> None:
