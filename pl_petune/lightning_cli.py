@@ -195,7 +195,7 @@ class PetuneCLI(LightningCLI):
                                   for n, o in dm.ood.items()}
             print("petune: out-of-distribution " + ", ".join(f"{k} = {v:.4f}" for k, v in
                                                          record["ood_metrics"].items()))
-        info["store"].put(record)
+        info["store"].put(record, replace=True)  # this fit's own final record: it supersedes a rerun's old one
         write_json(info["dir"] / "record.json", record)
         for logger in trainer.loggers:
             exp = getattr(logger, "experiment", None)
