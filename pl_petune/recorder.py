@@ -118,7 +118,8 @@ class RunRecorder(Callback):
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._store is not None and self.run_dir is not None
-        self._store.put(record)
+        # this fit's own complete record supersedes a rerun's earlier one (the store refuses that otherwise)
+        self._store.put(record, replace=record.get("status") == "complete")
         write_json(self.run_dir / "record.json", record)
         self.record = record
 

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sqlite3
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,37 +57,122 @@ def _owner_alive(owner: str | None, heartbeat: float | None) -> bool:
 
 
 class Store:
-    """A results store at ``path`` (created on first use).
+    """A results store at ``path``.
+
+    Opening never writes: an existing file is checked read-only (``file:...?mode=ro``), so ``petune runs`` and
+    ``petune report`` leave any file as they found it and read stores on read-only media. A missing file is
+    created whole (built beside it and linked into place, so no reader ever sees a half-made store and an empty
+    file is never one of ours).
 
     Args:
-        path: the SQLite file; its folder is created.
+        path: the SQLite file.
         timeout: seconds to wait for another writer's lock.
+        readonly: refuse every write (and a missing file) instead of creating the store.
 
     Raises:
-        StoreError: the file is not a pl_petune store, or was written by a newer schema.
+        StoreError: the file is empty, not a pl_petune store, or was written by a newer schema; with
+            ``readonly``, a missing file.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, timeout: float = 60.0, *,
+                 readonly: bool = False) -> None:
         self.path = Path(path or default_store_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
-        with self._tx() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS runs ("
-                " run_key TEXT PRIMARY KEY, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-                " owner TEXT, heartbeat REAL, error TEXT, spec TEXT, record TEXT, updated_at REAL NOT NULL)"
-            )
+        self.readonly = readonly
+        if self.path.exists():
+            self._check()
+        elif readonly:
+            raise StoreError(f"no results store at {str(self.path)!r}; pass the path of a results store")
+        else:
+            self._create()
+
+    # ---- opening ---------------------------------------------------------------------------------
+    def _check(self) -> None:
+        """Refuse a file that is not a pl_petune store of a schema this version reads (read-only)."""
+        if self.path.is_dir():
+            raise StoreError(f"{str(self.path)!r} is a folder, not a pl_petune results store")
+        if self.path.stat().st_size == 0:
+            raise StoreError(f"{str(self.path)!r} is an empty file (0 bytes), not a pl_petune results store; "
+                             "delete it, or pass the path of a store")
+        db = self._connect_ro()
+        try:
+            tables = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            if "meta" not in tables or "runs" not in tables:
+                raise StoreError(f"{str(self.path)!r} is not a pl_petune results store (a SQLite database with "
+                                 f"tables: {', '.join(tables) or 'none'}; a store has meta and runs); it was "
+                                 "not modified")
             row = db.execute("SELECT value FROM meta WHERE key='store_schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA),))
-            elif int(row[0]) > STORE_SCHEMA:
-                raise StoreError(
-                    f"store {self.path} has schema {row[0]}, newer than this pl_petune's {STORE_SCHEMA}; "
-                    "upgrade pl_petune to read it"
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{str(self.path)!r} is not a pl_petune results store ({err})") from None
+        finally:
+            db.close()
+        if row is None:
+            raise StoreError(f"{str(self.path)!r} is not a pl_petune results store (no store_schema in its meta table)")
+        if int(row[0]) > STORE_SCHEMA:
+            raise StoreError(
+                f"store {self.path} has schema {row[0]}, newer than this pl_petune's {STORE_SCHEMA}; "
+                "upgrade pl_petune to read it"
+            )
+
+    def _connect_ro(self) -> sqlite3.Connection:
+        """A connection that cannot write. On read-only media a WAL store cannot make its ``-shm`` file, so it
+        is read as immutable, which is exact only when no un-checkpointed ``-wal`` file holds newer rows."""
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=self.timeout)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError as err:
+            if "unable to open" not in str(err) and "readonly" not in str(err):
+                raise StoreError(f"{str(self.path)!r} cannot be read ({err})") from None
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{str(self.path)!r} is not a pl_petune results store ({err})") from None
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(f"{str(self.path)!r} is on read-only media with un-checkpointed writes in {wal.name}; "
+                             "copy the store and its -wal file to writable storage to read it")
+        try:
+            db = sqlite3.connect(uri + "?immutable=1", uri=True)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{str(self.path)!r} cannot be read ({err})") from None
+        return db
+
+    def _create(self) -> None:
+        """Build an empty store beside ``path`` and link it into place (another process may win the race)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
+        os.close(fd)
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                db.execute(
+                    "CREATE TABLE runs ("
+                    " run_key TEXT PRIMARY KEY, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+                    " owner TEXT, heartbeat REAL, error TEXT, spec TEXT, record TEXT, updated_at REAL NOT NULL)"
                 )
+                db.execute("INSERT INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA),))
+                db.execute("COMMIT")
+            finally:
+                db.close()
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        self._check()
 
     def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            raise StoreError(f"store {str(self.path)!r} was opened read-only")
+        if not self.path.exists():
+            self._create()
         try:
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
@@ -110,18 +196,64 @@ class Store:
             db.close()
 
     # ---- records -------------------------------------------------------------------------------
-    def put(self, record: Mapping[str, Any]) -> None:
-        """Insert or replace the record of ``record['run_key']`` (validated first)."""
-        validate(record)
-        blob = json.dumps(record, sort_keys=True, default=str)
+    def put(self, record: Mapping[str, Any], *, replace: bool = False) -> None:
+        """File ``record`` under ``record['run_key']`` (checked first; see :meth:`put_many`)."""
+        self.put_many([record], replace=replace)
+
+    def put_many(self, records: Sequence[Mapping[str, Any]], *, replace: bool = False) -> int:
+        """File ``records`` in one transaction: all of them or, on any error, none.
+
+        Every record is validated (:func:`pl_petune.records.validate`) and, when complete, checked against the
+        task registry (:func:`pl_petune.record_checks.check_complete`: known task, metric and protocol, scores
+        inside the metric's range as fractions, integer seeds). A running or failed record may replace any row
+        (a run's lifecycle); a complete record never silently replaces another complete one.
+
+        Args:
+            records: run records.
+            replace: let complete records replace complete records of the same run key.
+
+        Returns:
+            The number of records written.
+
+        Raises:
+            RecordError: a record that breaks the schema or the checks (named by run key).
+            StoreError: a run key repeated in ``records``, or already complete in the store without ``replace``.
+        """
+        from pl_petune.record_checks import check_complete
+
+        blobs = []
+        seen: set[str] = set()
+        for record in records:
+            validate(record)
+            if record["status"] == "complete":
+                check_complete(record)
+            key = record["run_key"]
+            if key in seen:
+                raise StoreError(f"run key {key!r} appears twice in one write; each run has one record")
+            seen.add(key)
+            blobs.append((key, record["status"], json.dumps(record, sort_keys=True, default=str)))
+        now = time.time()
         with self._tx() as db:
-            db.execute(
+            if not replace:
+                complete = [k for k, st, _ in blobs if st == "complete"]
+                clash = []
+                for i in range(0, len(complete), 500):
+                    chunk = complete[i:i + 500]
+                    clash += [r[0] for r in db.execute(
+                        f"SELECT run_key FROM runs WHERE status='complete' AND run_key IN ({','.join('?' * len(chunk))})",
+                        chunk)]
+                if clash:
+                    raise StoreError(f"run {clash[0]!r} already has a complete record in {self.path}"
+                                     + (f" (and {len(clash) - 1} more)" if len(clash) > 1 else "")
+                                     + "; nothing was written (replace=True, or petune import --replace, overwrites)")
+            db.executemany(
                 "INSERT INTO runs (run_key, status, attempts, owner, heartbeat, record, updated_at)"
                 " VALUES (?, ?, 1, ?, ?, ?, ?)"
                 " ON CONFLICT(run_key) DO UPDATE SET status=excluded.status, record=excluded.record,"
                 " heartbeat=excluded.heartbeat, updated_at=excluded.updated_at, error=NULL",
-                (record["run_key"], record["status"], owner_id(), time.time(), blob, time.time()),
+                [(k, st, owner_id(), now, blob, now) for k, st, blob in blobs],
             )
+        return len(blobs)
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._one("SELECT record FROM runs WHERE run_key=?", (key,))
@@ -192,28 +324,40 @@ class Store:
                 " WHERE run_key=? AND status='running'", (time.time(), key),
             )
 
-    def forget(self, keys: Sequence[str]) -> None:
-        """Delete the rows of ``keys`` (all or none), so the next sweep trains them again. Unknown keys and runs
-        in flight are refused with the first offending key named."""
+    def forget(self, keys: Sequence[str]) -> list[str]:
+        """Delete the rows of ``keys`` (all or none), so the next sweep trains them again.
+
+        A key given twice counts once. Unknown keys and runs whose owner is alive are refused with the first
+        offending key named; a ``running`` row whose owner is gone (stale) can be forgotten.
+
+        Returns:
+            The distinct keys deleted, in the order given.
+        """
+        wanted = list(dict.fromkeys(keys))
         with self._tx() as db:
-            for key in keys:
-                row = db.execute("SELECT status FROM runs WHERE run_key=?", (key,)).fetchone()
+            for key in wanted:
+                row = db.execute("SELECT status, owner, heartbeat FROM runs WHERE run_key=?", (key,)).fetchone()
                 if row is None:
                     raise StoreError(f"run {key!r} is not in {self.path}; `petune runs` lists its run keys")
-                if row[0] == "running":
-                    raise StoreError(f"run {key!r} is running; forget it after it ends (or goes stale)")
-            db.executemany("DELETE FROM runs WHERE run_key=?", [(k,) for k in keys])
+                if row[0] == "running" and _owner_alive(row[1], row[2]):
+                    raise StoreError(f"run {key!r} is running (owner {row[1]}); forget it after it ends (or goes stale)")
+            db.executemany("DELETE FROM runs WHERE run_key=?", [(k,) for k in wanted])
+        return wanted
 
     # ---- helpers --------------------------------------------------------------------------------
     def _one(self, query: str, args: tuple) -> tuple | None:
-        db = self._connect()
+        if not self.path.exists():
+            return None
+        db = self._connect_ro()
         try:
             return db.execute(query, args).fetchone()
         finally:
             db.close()
 
     def _all(self, query: str, args: tuple = ()) -> list[tuple]:
-        db = self._connect()
+        if not self.path.exists():
+            return []
+        db = self._connect_ro()
         try:
             return db.execute(query, args).fetchall()
         finally:

@@ -20,7 +20,7 @@ def _record(key: str, status: str = "complete", score: float = 0.5) -> dict:
 def _writer(path: str, worker: int, n: int) -> None:
     store = Store(path)
     for i in range(n):
-        store.put(_record(f"k{i}", score=worker))  # every worker writes the same keys
+        store.put(_record(f"k{i}", score=worker / 10), replace=True)  # every worker writes the same keys
 
 
 def test_concurrent_writers_never_duplicate(tmp_path):

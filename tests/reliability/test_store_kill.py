@@ -22,7 +22,7 @@ WRITER = textwrap.dedent("""
         store.put({"schema": 1, "run_key": key, "status": "complete", "task": "cb", "method": "finetune",
                    "protocol": "train_split", "init_seed": i, "data_seed": i, "primary_metric": "accuracy",
                    "higher_is_better": True, "test_metrics": {"test/accuracy": i / 1e6},
-                   "payload": "x" * 200_000, "check": i})
+                   "payload": "x" * 200_000, "check": i}, replace=True)
         i += 1
 """)
 
