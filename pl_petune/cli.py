@@ -16,7 +16,8 @@ from pl_petune.errors import PetuneError
 TOOLS = {
     "params": "pl_petune.params:main",
     "sweep": "pl_petune.sweep:main",
-    "runs": "pl_petune.sweep:runs_main",
+    "runs": "pl_petune.runs:main",
+    "index": "pl_petune.index:main",
     "report": "pl_petune.report:main",
     "features": "pl_petune.features:main",
     "recipes": "pl_petune.recipes_cli:main",

@@ -112,6 +112,12 @@ class PetuneCLI(LightningCLI):
             if done is not None and done.get("status") == "complete":
                 raise AlreadyComplete(f"petune: run {key} is already complete in {store_path}: "
                                       f"{summary_line(done)} (--run.rerun true trains it again)")
+            from pl_petune.index import read_record  # the run folder is the truth: another node may have run it
+
+            done = read_record(run_dir)
+            if done is not None and done.get("status") == "complete" and done.get("run_key") == key:
+                raise AlreadyComplete(f"petune: run {key} is already complete in {run_dir / 'record.json'}: "
+                                      f"{summary_line(done)} (--run.rerun true trains it again)")
         cfg.trainer.default_root_dir = str(run_dir)
         cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
         if cfg.trainer.logger in (None, True):

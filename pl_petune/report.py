@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", action="append", default=None,
                    help="results store (SQLite), repeatable (one per node, merged by run key); "
                         "default $PETUNE_STORE or runs/results.sqlite unless --wandb is given")
+    p.add_argument("--runs", action="append", default=None, metavar="DIR",
+                   help="read the complete records of the run folders under DIR (repeatable; e.g. a cluster's "
+                        "shared run.out_dir)")
     p.add_argument("--wandb", action="append", default=None, metavar="ENTITY/PROJECT[/SWEEP_ID]",
                    help="read the records `petune fit` logged to these W&B runs too (online; repeatable)")
     p.add_argument("--out", default="reports", help="output folder (created)")
@@ -72,14 +75,17 @@ def _filter(records: list[dict], field: str, wanted: list[str] | None) -> list[d
     return [r for r in records if str(r.get(field)) in wanted]
 
 
-def _read_records(stores: list[str] | None, wandb_paths: list[str] | None) -> list[dict]:
+def _read_records(stores: list[str] | None, wandb_paths: list[str] | None,
+                  runs_dirs: list[str] | None = None) -> list[dict]:
     """Complete records of every source, one per run key (the latest wins: see wandb_source.merge_records)."""
     from pl_petune.store import Store, StoreError, default_store_path
     from pl_petune.wandb_source import merge_records, records_from_wandb
 
-    if not stores and not wandb_paths:
+    from pl_petune.index import records_from_dirs
+
+    if not stores and not wandb_paths and not runs_dirs:
         stores = [str(default_store_path())]
-    sources: list[list[dict]] = []
+    sources: list[list[dict]] = [records_from_dirs(runs_dirs)] if runs_dirs else []
     for store in stores or []:
         path = Path(store)
         if not path.is_file():
@@ -95,7 +101,7 @@ def _read_records(stores: list[str] | None, wandb_paths: list[str] | None) -> li
         sources.append(recs)
     records = merge_records(*sources)
     if not records:
-        where = ", ".join([*(stores or []), *(wandb_paths or [])])
+        where = ", ".join([*(stores or []), *(runs_dirs or []), *(wandb_paths or [])])
         raise UsageError(f"no complete runs in {where}")
     return records
 
@@ -116,7 +122,7 @@ def main(argv: list[str]) -> int:
     if not 0 < alpha < 1:
         raise UsageError(f"alpha {args.alpha!r} must be a number in (0, 1), e.g. 0.05")
 
-    records = _read_records(args.store, args.wandb)
+    records = _read_records(args.store, args.wandb, args.runs)
     if args.columns == "name":
         # Two-stage methods are FullFinetune + a callback: the recipe's run.name tells LP-FT from FT.
         records = [{**r, "method": r.get("name") or r["method"]} for r in records]

@@ -25,8 +25,12 @@ STORE_SCHEMA = 1
 DEFAULT_STORE = "runs/results.sqlite"
 ENV_STORE = "PETUNE_STORE"
 ROW_STATUSES = ("pending", "running", "complete", "failed")
-# A claim whose owner has not been heard of for this long is considered dead (cross-host runners).
-STALE_AFTER_S = 6 * 3600
+# A runner beats every HEARTBEAT_S while its runs train; a claim of another host whose beat is older than
+# STALE_AFTER_S is dead (minutes, so a dead node's runs are taken over soon; ten missed beats, so a busy
+# file system does not make a live claim look dead). Environment overrides: PETUNE_HEARTBEAT_S,
+# PETUNE_STALE_AFTER_S; PETUNE_HOST names this node in claims (default: the host name).
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 300.0
 
 
 class StoreError(PetuneError, RuntimeError):
@@ -37,15 +41,32 @@ def default_store_path() -> str:
     return os.environ.get(ENV_STORE, DEFAULT_STORE)
 
 
+def host_name() -> str:
+    """This node's name in claims: ``$PETUNE_HOST``, else the host name."""
+    return os.environ.get("PETUNE_HOST") or socket.gethostname()
+
+
+def heartbeat_s() -> float:
+    """Seconds between a runner's heartbeats (``$PETUNE_HEARTBEAT_S``, default :data:`HEARTBEAT_S`)."""
+    return float(os.environ.get("PETUNE_HEARTBEAT_S") or HEARTBEAT_S)
+
+
+def stale_after_s() -> float:
+    """Age of a beat after which another host's claim is dead (``$PETUNE_STALE_AFTER_S``)."""
+    return float(os.environ.get("PETUNE_STALE_AFTER_S") or STALE_AFTER_S)
+
+
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid`` of this process, as claims record their owner."""
+    return f"{host_name()}:{os.getpid()}"
 
 
 def _owner_alive(owner: str | None, heartbeat: float | None) -> bool:
+    """Whether a claim's owner still lives: on this host, its process exists; elsewhere, it beat recently."""
     if not owner:
         return False
     host, _, pid = owner.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
+    if host == host_name() and pid.isdigit():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -53,7 +74,7 @@ def _owner_alive(owner: str | None, heartbeat: float | None) -> bool:
         except PermissionError:
             return True
         return True
-    return heartbeat is not None and time.time() - heartbeat < STALE_AFTER_S
+    return heartbeat is not None and time.time() - heartbeat < stale_after_s()
 
 
 class Store:
@@ -279,8 +300,8 @@ class Store:
         return out
 
     def rows(self) -> list[dict[str, Any]]:
-        """One summary dict per run: run_key, status, attempts, owner, error, spec, updated_at."""
-        cols = ("run_key", "status", "attempts", "owner", "error", "spec", "updated_at")
+        """One summary dict per run: run_key, status, attempts, owner, heartbeat, error, spec, updated_at."""
+        cols = ("run_key", "status", "attempts", "owner", "heartbeat", "error", "spec", "updated_at")
         return [dict(zip(cols, r)) for r in self._all(f"SELECT {', '.join(cols)} FROM runs ORDER BY updated_at, run_key")]
 
     # ---- claims (sweep runners) -------------------------------------------------------------------
@@ -308,6 +329,18 @@ class Store:
                 (key, owner, time.time(), spec_blob, time.time()),
             )
             return True
+
+    def heartbeat(self, keys: Sequence[str], owner: str | None = None) -> int:
+        """Renew the claims of ``keys`` held by ``owner`` (a runner calls it every :func:`heartbeat_s`);
+        returns how many rows were renewed (a claim taken over by another runner is not)."""
+        if not keys:
+            return 0
+        owner = owner or owner_id()
+        now = time.time()
+        with self._tx() as db:
+            cur = db.executemany("UPDATE runs SET heartbeat=? WHERE run_key=? AND owner=? AND status='running'",
+                                 [(now, k, owner) for k in keys])
+            return cur.rowcount
 
     def mark_failed(self, key: str, error: str) -> None:
         with self._tx() as db:
