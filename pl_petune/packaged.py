@@ -73,7 +73,7 @@ def resolve_config(value: str) -> str:
 
     names = packaged_names()
     close = difflib.get_close_matches(value.removesuffix(".yaml"), names, n=5, cutoff=0.5) or names[:5]
-    raise ConfigError(f"--config {value!r} is neither a file nor a packaged recipe; closest packaged recipes: "
+    raise ConfigError(f"--config {value!r} does not exist and names no packaged recipe; closest packaged recipes: "
                       + ", ".join(close) + " (petune recipes list shows all)")
 
 
