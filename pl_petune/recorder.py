@@ -22,6 +22,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from pl_petune.callbacks._common import file_sha256
+from pl_petune.data.module import HeldOutAccessError
 from pl_petune.errors import ConfigError
 from pl_petune.record_build import complete_record, start_record
 from pl_petune.records import run_key, write_json
@@ -172,6 +173,7 @@ class RunRecorder(Callback):
             early_stopped=bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0)),
             extra=self._extras(trainer, pl_module),
         )
+        record["leaky"] = bool(dm.leaky)  # a test pass the user let leak (dm.allow_leaky_test()) is flagged too
         if dm.ood:  # the same best weights the test pass loaded, on each declared OOD set (docs/analyses.md)
             from pl_petune.inference import evaluate_ood
 
@@ -196,6 +198,8 @@ class RunRecorder(Callback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, HeldOutAccessError):  # a refused read scored nothing: the run can still complete
+            return
         self.fail(exception)
 
     def fail(self, err: BaseException) -> None:
