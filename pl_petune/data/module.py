@@ -204,6 +204,7 @@ class TaskDataModule(L.LightningDataModule):
         self._fit_completed = False
         self._heldout_checkpoint: str | None = None
         self._heldout_scored = False
+        self._in_fit = False
         self.datasets: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
@@ -356,6 +357,7 @@ class TaskDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._fit_completed = False  # a new fit: the held-out split waits for its end
+            self._in_fit = True
             self._heldout_checkpoint = None
             self.datasets["train"] = self._part("train")
             self.datasets["dev"] = self._part("dev")
@@ -364,6 +366,8 @@ class TaskDataModule(L.LightningDataModule):
         # the test split is built in test_dataloader(), behind the guard
 
     def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._in_fit = False
         trainer = getattr(self, "trainer", None)
         # Lightning calls teardown("fit") only when fit returns normally (not after an exception).
         if stage == "fit" and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
@@ -404,10 +408,15 @@ class TaskDataModule(L.LightningDataModule):
                           num_workers=self.num_workers)
 
     def ood_dataloader(self, name: str) -> DataLoader:
-        """The out-of-distribution set ``name``, labels mapped to the training task's ids (after fit only)."""
+        """The out-of-distribution set ``name``, labels mapped to the training task's ids (refused during fit)."""
         if name not in self.ood:
             raise ConfigError(f"unknown OOD set {name!r}; declared: {', '.join(self.ood) or 'none'}")
-        self._guard_heldout(f"through the OOD set {name!r}")
+        trainer = getattr(self, "trainer", None)
+        fitting = self._in_fit or (trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+                                   and trainer.state.fn == TrainerFn.FITTING)
+        if fitting and not self.leaky:  # OOD sets are scored after fit, never used to select
+            raise HeldOutAccessError(f"the OOD set {name!r} of {self.task} was requested during fit; it is scored "
+                                     "after the test pass with the best-on-dev checkpoint")
         o = self.ood[name]
         spec = get_task(o.task)
         ids = [self.spec.labels.index(o.label_map[label]) for label in spec.labels]

@@ -17,9 +17,11 @@ def test_a_fresh_data_module_gives_no_held_out_rows(tiny_bert, data_dir):
     """No trainer, no completed fit: test_dataloader, official('dev') and the baseline are refused, even after
     the hooks a fit would call were called by hand."""
     dm = _dm(tiny_bert, data_dir)
-    for attempt in (dm.test_dataloader, lambda: dm.official("dev"), dm.majority_baseline):
+    for attempt in (dm.test_dataloader, lambda: dm.official("dev")):
         with pytest.raises(HeldOutAccessError, match="before any fit completed on this data module"):
             attempt()
+    with pytest.raises(HeldOutAccessError, match="majority baseline of cb reads the held-out labels"):
+        dm.majority_baseline()
     dm.setup("fit")
     dm.teardown("fit")  # by hand, no trainer: not a completed fit
     with pytest.raises(HeldOutAccessError, match="before any fit completed"):
