@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pl_petune.backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
 from pl_petune.data.protocols import LEAKY, Split, check_protocol, limit_train, make_split
-from pl_petune.data.sources import load_split, resolve_data_dir, source_id
+from pl_petune.data.sources import load_split, local_file, resolve_data_dir, source_id
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.tasks import get_task
 
@@ -175,8 +175,8 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         self.spec = get_task(task)
         self.task = task
-        resolve_data_dir(data_dir)  # a missing folder is refused now, not after the model is built
         self.data_dir = data_dir
+        _check_files(self.spec, data_dir)  # a missing folder or file is refused now, not after the model is built
         self.protocol = check_protocol(protocol)
         self.data_seed = int(data_seed)
         self.tokenizer_name = tokenizer
@@ -194,6 +194,8 @@ class TaskDataModule(L.LightningDataModule):
         self.dev_fraction = dev_fraction
         self.train_limit = train_limit
         self.ood = {name: _check_ood(name, o, self.spec) for name, o in (ood or {}).items()}
+        for o in self.ood.values():
+            _check_files(get_task(o.task), data_dir, (o.split,))
         self.pad_to_max_length = pad_to_max_length
         self.num_workers = num_workers
         self.group_by_length = group_by_length
@@ -300,7 +302,12 @@ class TaskDataModule(L.LightningDataModule):
     def _cache_key(self, split: str, spec=None) -> str:
         spec = spec or self.spec
         root = resolve_data_dir(self.data_dir)
-        ident = {"task": spec.name, "source": source_id(spec, split, root),
+        try:
+            source = source_id(spec, split, root)
+        except OSError:  # a missing or unreadable file: load_split's check names it and what the folder holds
+            load_split(spec, split, self.data_dir)
+            raise
+        ident = {"task": spec.name, "source": source,
                  "tokenizer": resolve_backbone(self.tokenizer_name), "max_length": self.max_length,
                  "format": FORMAT_VERSION}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
@@ -464,6 +471,17 @@ class TaskDataModule(L.LightningDataModule):
                                          "after the held-out pass (trainer.test)")
             self.datasets["test"] = self._part("test")
         return np.asarray(self.datasets["test"]["label"])
+
+
+def _check_files(spec, data_dir: Optional[str], splits: tuple[str, ...] = ("train", "dev")) -> None:
+    """Refuse a missing data folder or file of ``spec`` in one line (:class:`DataError` naming the file and what
+    its folder holds); nothing to check when the data comes from the hub."""
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return
+    for split in splits:
+        if not local_file(spec, split, root).is_file():
+            load_split(spec, split, data_dir)  # raises: file not found, with the folder's contents
 
 
 def _check_ood(name: str, o: OODSet, train) -> OODSet:
