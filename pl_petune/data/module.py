@@ -175,8 +175,8 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         self.spec = get_task(task)
         self.task = task
+        resolve_data_dir(data_dir)  # a missing folder is refused now; missing files at setup (check_data_files)
         self.data_dir = data_dir
-        _check_files(self.spec, data_dir)  # a missing folder or file is refused now, not after the model is built
         self.protocol = check_protocol(protocol)
         self.data_seed = int(data_seed)
         self.tokenizer_name = tokenizer
@@ -194,8 +194,6 @@ class TaskDataModule(L.LightningDataModule):
         self.dev_fraction = dev_fraction
         self.train_limit = train_limit
         self.ood = {name: _check_ood(name, o, self.spec) for name, o in (ood or {}).items()}
-        for o in self.ood.values():
-            _check_files(get_task(o.task), data_dir, (o.split,))
         self.pad_to_max_length = pad_to_max_length
         self.num_workers = num_workers
         self.group_by_length = group_by_length
@@ -473,14 +471,28 @@ class TaskDataModule(L.LightningDataModule):
         return np.asarray(self.datasets["test"]["label"])
 
 
-def _check_files(spec, data_dir: Optional[str], splits: tuple[str, ...] = ("train", "dev")) -> None:
-    """Refuse a missing data folder or file of ``spec`` in one line (:class:`DataError` naming the file and what
-    its folder holds); nothing to check when the data comes from the hub."""
+def check_data_files(task: str, data_dir: Optional[str], ood: Optional[dict[str, Any]] = None) -> None:
+    """Refuse a missing data folder or file of ``task`` (and of its OOD sets) in one line, without reading them.
+
+    ``petune`` calls it before building the model and trainer; a data module meets the same files at setup.
+
+    Args:
+        task: registry name of the task.
+        data_dir: as :class:`TaskDataModule` takes it (None: ``$PETUNE_DATA_DIR``, else the hub: nothing to check).
+        ood: ``data.ood``: name → an :class:`OODSet` or a mapping with ``task`` and ``split``.
+
+    Raises:
+        DataError: the first missing file, naming it and what its folder holds.
+    """
     root = resolve_data_dir(data_dir)
     if root is None:
         return
-    for split in splits:
-        if not local_file(spec, split, root).is_file():
+    wanted = [(get_task(task), "train"), (get_task(task), "dev")]
+    for o in (ood or {}).values():
+        o_task, o_split = (o["task"], o.get("split", "dev")) if isinstance(o, dict) else (o.task, o.split)
+        wanted.append((get_task(o_task), o_split))
+    for spec, split in wanted:
+        if split in ("train", "dev") and not local_file(spec, split, root).is_file():
             load_split(spec, split, data_dir)  # raises: file not found, with the folder's contents
 
 

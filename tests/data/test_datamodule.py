@@ -139,14 +139,16 @@ def test_missing_files_are_data_errors_wherever_they_are_met(tiny_bert, data_dir
     cb = tmp_path / "super_glue" / "CB"
     cb.mkdir(parents=True)
     shutil.copy(f"{data_dir}/super_glue/CB/train.jsonl", cb)
+    from pl_petune.data.module import check_data_files
+
     with pytest.raises(DataError, match="CB/val.jsonl: file not found for task cb split dev; the folder has: "
                                         "train.jsonl"):
-        TaskDataModule(task="cb", data_dir=str(tmp_path), tokenizer=tiny_bert)
+        check_data_files("cb", str(tmp_path))
+    with pytest.raises(DataError, match="CB/val.jsonl: file not found for task cb split dev"):
+        TaskDataModule(task="cb", data_dir=str(tmp_path), tokenizer=tiny_bert).setup("fit")
     shutil.copy(f"{data_dir}/super_glue/CB/val.jsonl", cb)
     with pytest.raises(DataError, match="RTE/val.jsonl: file not found for task rte split dev"):  # an OOD set's
-        TaskDataModule(task="cb", data_dir=str(tmp_path), tokenizer=tiny_bert,
-                       ood={"rte": {"task": "rte", "label_map": {"entailment": "entailment",
-                                                                 "not_entailment": "contradiction"}}})
+        check_data_files("cb", str(tmp_path), {"rte": {"task": "rte", "label_map": {}}})
     dm = TaskDataModule(task="cb", data_dir=str(tmp_path), tokenizer=tiny_bert)
     (cb / "train.jsonl").unlink()  # gone after the check: source_id's stat must not surface as a traceback
     with pytest.raises(DataError, match="CB/train.jsonl: file not found"):
