@@ -11,6 +11,7 @@ fit. What identifies a run is :mod:`pl_petune.identity`; the record is written b
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -22,10 +23,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from pl_petune.arg_errors import ArgumentsError, CondensingParser, condense, petune_cause
-from pl_petune.data.module import TaskDataModule
-from pl_petune.errors import PetuneError
+from pl_petune.data.module import TaskDataModule, check_data_files
+from pl_petune.callbacks._common import file_sha256
+from pl_petune.data.protocols import LEAKY
+from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.identity import (ALWAYS_IDENTITY, NON_IDENTITY, apply_protocol, hparams, identity, method_name,
-                                run_key_for)
+                                run_key_for, to_dict)
 from pl_petune.methods import PetuneModule
 from pl_petune.record_build import log_record_to_wandb, summary_line
 from pl_petune.recorder import RunRecorder, discard_checkpoints
@@ -57,6 +60,9 @@ class RunOptions:
         rerun: train again a run whose record in the store is already complete (the new record replaces it).
             By default such a run is not trained twice: ``petune fit`` prints its record's line and exits 0,
             as a sweep skips it.
+        allow_leaky_test: ``petune test`` only: score the held-out split with a checkpoint that is not the
+            recorded best-on-dev checkpoint of a complete run (any checkpoint, no completed fit). The output
+            says ``leaky``; such scores are not held-out results (docs/protocol.md).
     """
 
     seed: Optional[int] = None
@@ -66,6 +72,7 @@ class RunOptions:
     keep_checkpoints: bool = False
     name: Optional[str] = None
     rerun: bool = False
+    allow_leaky_test: bool = False
 
 
 class AlreadyComplete(Exception):
@@ -98,10 +105,16 @@ class PetuneCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run = cfg.run
         spec = apply_protocol(cfg)
+        check_data_files(cfg.data.task, cfg.data.data_dir, to_dict(cfg.data.ood) if cfg.data.ood else None)
         if self.subcommand != "fit":
             if cfg.trainer.get("default_root_dir") is None:  # Lightning's default is ./lightning_logs
                 cfg.trainer.default_root_dir = str(Path(run.out_dir) / "eval")
+            if self.subcommand == "test":
+                self._heldout = heldout_permission(cfg)
             return
+        if run.allow_leaky_test:
+            raise ConfigError("run.allow_leaky_test is for petune test; petune fit scores the held-out split once, "
+                              "with its best-on-dev checkpoint")
         ident = identity(cfg)
         key = run_key(ident)
         method = method_name(cfg.model.class_path)
@@ -174,6 +187,22 @@ class PetuneCLI(LightningCLI):
         print("petune: " + summary_line(record))
         print(f"petune: record {record['run_key']} -> {record['run_dir']}/record.json")
 
+    # ---- petune test: the recorded held-out pass again, or a pass the user marked leaky ------------------
+    def before_test(self) -> None:
+        permission = getattr(self, "_heldout", None)
+        if permission == "leaky":
+            self.datamodule.allow_leaky_test()
+            print("petune test: leaky: run.allow_leaky_test is set; these test scores are not a held-out result",
+                  file=sys.stderr)
+        elif permission is not None:
+            self.datamodule.permit_heldout_pass(permission)
+
+    def after_test(self) -> None:
+        if getattr(self, "_heldout", None) == "leaky":
+            print("petune test: leaky: the scores above are not held-out results (run.allow_leaky_test)")
+        elif self.datamodule.leaky:
+            print(f"petune test: leaky: protocol {self.datamodule.protocol!r} selects on the split it reports")
+
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
@@ -181,6 +210,47 @@ class PetuneCLI(LightningCLI):
             if self.recorder is not None:
                 self.recorder.fail(err)
             raise
+
+
+def heldout_permission(cfg: Any) -> Optional[str]:
+    """What ``petune test`` may score: ``"leaky"`` (asked for), the checkpoint path (the recorded best-on-dev
+    checkpoint of a complete run with the same split), or None (a leaky protocol: nothing is held out).
+
+    Raises:
+        ConfigError: none of these: the held-out split would be scored outside the protocol.
+    """
+    if cfg.run.allow_leaky_test:
+        return "leaky"
+    if cfg.data.protocol in LEAKY:
+        return None
+    hint = ("petune test scores the held-out split only with the best-on-dev checkpoint of a complete run "
+            "(<run folder>/checkpoints/, kept with --run.keep_checkpoints true); --run.allow_leaky_test true "
+            "scores it anyway, marked leaky")
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        raise ConfigError(f"no --ckpt_path was given; {hint}")
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {ckpt!r} does not exist; {hint}")
+    record_file = path.resolve().parent.parent / "record.json"
+    try:
+        rec = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"checkpoint {ckpt!r} has no readable run record at {str(record_file)!r}; {hint}") from None
+    if rec.get("status") != "complete":
+        raise ConfigError(f"the run of checkpoint {ckpt!r} is {rec.get('status')!r}, not complete; {hint}")
+    if rec.get("best_checkpoint_sha256") != file_sha256(path):
+        raise ConfigError(f"checkpoint {ckpt!r} is not the best-on-dev checkpoint its run {rec.get('run_key')} "
+                          f"recorded (SHA-256 differs); {hint}")
+    mine = {"task": cfg.data.task, "protocol": cfg.data.protocol, "data_seed": cfg.data.data_seed,
+            "data.dev_fraction": cfg.data.dev_fraction}
+    theirs = {"task": rec.get("task"), "protocol": rec.get("protocol"), "data_seed": rec.get("data_seed"),
+              "data.dev_fraction": rec.get("hparams", {}).get("data.dev_fraction", mine["data.dev_fraction"])}
+    for key, value in mine.items():
+        if theirs[key] != value:
+            raise ConfigError(f"checkpoint {ckpt!r} was selected with {key} {theirs[key]!r}, this test has "
+                              f"{value!r}: its held-out split is another one; {hint}")
+    return str(path)
 
 
 def make_cli(argv: list[str], run: bool = True) -> PetuneCLI:
