@@ -170,3 +170,13 @@ def test_gpu_resume_continues_the_cuda_dropout_stream(tiny_bert):
     _fit_trainer(model)
     model.on_load_checkpoint(ckpt)
     assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+def test_dropping_pet_layers_mid_fit_leaves_the_dropout_stream_alone(tiny_bert):
+    """EH-FT's stage switch rebuilds a plain backbone during fit: the training RNG must not move."""
+    model = get_method("adapter")(task="cb", backbone=tiny_bert, init_seed=1)
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    model.drop_pet_layers()
+    assert torch.equal(torch.rand(4), expected)
