@@ -197,10 +197,11 @@ def render_parse_error(text: str, where: str) -> Optional[str]:
     if m:
         value = _plain(given.group(1)) if given else "?"
         return f"{lead}{name} must be {m.group(1).rstrip(',')}, got {value}"
-    m = re.search(r"Expected a typing\.Literal\[(.+?)\]\. Got value: (\S+)", text)
+    m = re.search(r"Expected a typing\.Literal\[(.+?)\](?:\. Got value: (\S+))?", text)
     if m:
         known = ", ".join(x.strip().strip("'\"") for x in m.group(1).split(","))
-        return f"{lead}unknown {name} {_plain(m.group(2))!r}; known: {known}"
+        value = m.group(2) or (given.group(1) if given else "?")
+        return f"{lead}unknown {name} {_plain(value)!r}; known: {known}"
     return None
 
 

@@ -4,12 +4,20 @@ Each :class:`TaskSpec` says where the task's data lives (local file layout and h
 the model input, the label set, the metrics (with their direction) and the resource band of the train
 size (low < 1k, medium < 10k, high >= 10k; the Revisiting paper's bands).
 
-Input formats, following the PETuning code (``tasks/{glue,superglue}/dataset.py``) where it fixes one:
+Input formats, exactly those of the PETuning code (``tasks/{glue,superglue}/dataset.py``, REFERENCE §1.2,
+§10), which every Revisiting recipe reproduces:
 
 - pair tasks give ``(text_a, text_b)``; single-sentence tasks give ``text_a`` only;
-- COPA is a 2-way multiple choice: each choice is paired with the premise and the question word;
+- COPA is a 2-way multiple choice: each choice is the pair ``("<premise> because", "<choice>")`` when the
+  question is ``cause`` and ``("<premise> so", "<choice>")`` when it is ``effect`` (the connective ends the
+  first segment, ``dataset.py:149-152``);
 - WSC is the pair ``("<span2>: <text>", "<span1>")``, a binary classification as in PETuning;
-- WiC is the pair ``("<word>: <sentence1>", "<sentence2>")``.
+- WiC is the single string of PETuning's template 0 (``template_id`` defaults to 0 and no released script
+  changes it, ``dataset.py:133-137``):
+  ``"<sentence1> <sentence2> Does <word> have the same meaning in both sentences?"``.
+
+Every row's input fields are checked when the data is read (:meth:`TaskSpec.row_problem`): a field that is
+missing, null or not a string is refused with the row's number, as a bad label is.
 
 Metrics (torchmetrics; names are what the modules log after ``dev/`` or ``test/``):
 ``accuracy``; ``f1_macro`` (CB: macro F1 over the 3 classes, as the SuperGLUE scorer); ``f1`` (MRPC,
@@ -73,6 +81,7 @@ class TaskSpec:
     format: Callable[[Mapping[str, Any]], Any] = field(repr=False, compare=False, default=None)
     primary: str = ""
     num_choices: int = 0
+    check: Callable[[Mapping[str, Any]], str | None] | None = field(repr=False, compare=False, default=None)
 
     @property
     def band(self) -> str:
@@ -91,6 +100,15 @@ class TaskSpec:
             if m.name == (self.primary or self.metrics[0].name):
                 return m
         raise KeyError(self.primary)
+
+    def row_problem(self, row: Mapping[str, Any]) -> str | None:
+        """Why ``row`` cannot be formatted as this task's input (None when it can): every field in ``fields``
+        must be present and a string, plus the task's own check (WSC's spans, COPA's question)."""
+        for name in self.fields:
+            problem = _text_problem(name, row.get(name, _MISSING))
+            if problem:
+                return problem
+        return self.check(row) if self.check is not None else None
 
     def direction(self, metric: str) -> bool:
         """True when higher is better for ``metric`` (``loss`` is lower-better)."""
@@ -113,19 +131,55 @@ def _single(a: str) -> Callable:
     return lambda r: (r[a], None)
 
 
+COPA_CONNECTIVES = {"cause": "because", "effect": "so"}
+
+
 def _copa(r: Mapping[str, Any]) -> list[tuple[str, str]]:
-    # The question decides the connective: "cause" -> "because", "effect" -> "so" (COPA's framing).
-    connective = "because" if r["question"] == "cause" else "so"
-    return [(r["premise"], f"{connective} {r['choice1']}"), (r["premise"], f"{connective} {r['choice2']}")]
+    # PETuning: text_a = premise + " because" (cause) / " so" (effect), text_b = the choice.
+    first = f"{r['premise']} {COPA_CONNECTIVES[r['question']]}"
+    return [(first, r["choice1"]), (first, r["choice2"])]
+
+
+def _copa_problem(r: Mapping[str, Any]) -> str | None:
+    if r.get("question") not in COPA_CONNECTIVES:
+        return f"question {r.get('question')!r} not in the task's set {', '.join(COPA_CONNECTIVES)}"
+    return None
+
+
+def _wsc_target(r: Mapping[str, Any]) -> Mapping[str, Any]:
+    return r["target"] if isinstance(r.get("target"), Mapping) else r
 
 
 def _wsc(r: Mapping[str, Any]) -> tuple[str, str]:
-    target = r["target"] if "target" in r and isinstance(r["target"], Mapping) else r
+    target = _wsc_target(r)
     return f"{target['span2_text']}: {r['text']}", target["span1_text"]
 
 
-def _wic(r: Mapping[str, Any]) -> tuple[str, str]:
-    return f"{r['word']}: {r['sentence1']}", r["sentence2"]
+def _wsc_problem(r: Mapping[str, Any]) -> str | None:
+    target = _wsc_target(r)
+    for key in ("span1_text", "span2_text"):
+        problem = _text_problem(key, target.get(key, _MISSING))
+        if problem:
+            return problem
+    return None
+
+
+def _wic(r: Mapping[str, Any]) -> tuple[str, None]:
+    return f"{r['sentence1']} {r['sentence2']} Does {r['word']} have the same meaning in both sentences?", None
+
+
+_MISSING = object()
+
+
+def _text_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the text field ``name`` (None when it can)."""
+    if value is _MISSING:
+        return f"field {name!r} is missing"
+    if value is None:
+        return f"field {name!r} is null (expected text)"
+    if not isinstance(value, str):
+        return f"field {name!r} is {type(value).__name__} {value!r} (expected text)"
+    return None
 
 
 ACC = MetricSpec("accuracy")
@@ -157,10 +211,12 @@ register(TaskSpec("cb", "super_glue", "classification", ("premise", "hypothesis"
 register(TaskSpec("copa", "super_glue", "multiple_choice", ("premise", "choice1", "choice2", "question"),
                   ("choice1", "choice2"), "label", (ACC,), 400,
                   {"dir": "super_glue/COPA", "train": "train.jsonl", "dev": "val.jsonl"},
-                  ("aps/super_glue", "copa", {"train": "train", "dev": "validation"}), _copa, num_choices=2))
+                  ("aps/super_glue", "copa", {"train": "train", "dev": "validation"}), _copa, num_choices=2,
+                  check=_copa_problem))
 register(TaskSpec("wsc", "super_glue", "classification", ("text",), BOOL, "label", (ACC,), 554,
                   {"dir": "super_glue/WSC", "train": "train.jsonl", "dev": "val.jsonl"},
-                  ("aps/super_glue", "wsc.fixed", {"train": "train", "dev": "validation"}), _wsc))
+                  ("aps/super_glue", "wsc.fixed", {"train": "train", "dev": "validation"}), _wsc,
+                  check=_wsc_problem))
 register(TaskSpec("wic", "super_glue", "classification", ("word", "sentence1", "sentence2"), BOOL, "label",
                   (ACC,), 5428, {"dir": "super_glue/WiC", "train": "train.jsonl", "dev": "val.jsonl"},
                   ("aps/super_glue", "wic", {"train": "train", "dev": "validation"}), _wic))

@@ -23,7 +23,7 @@ from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.tasks import get_task
 
 ENV_CACHE = "PETUNE_CACHE"
-FORMAT_VERSION = 1  # bump when formatting/tokenization changes, to invalidate caches
+FORMAT_VERSION = 2  # bump when formatting/tokenization changes, to invalidate caches
 
 
 class HeldOutAccessError(PetuneError, RuntimeError):

@@ -2,8 +2,10 @@
 
 ``load_split(spec, "train"|"dev", data_dir)`` returns a :class:`datasets.Dataset` with the task's input
 fields and an integer (or float, for regression) ``label`` column, after checking the file: it exists, is
-not empty, has the columns the task reads, and every label is in the task's label set. Problems raise
-:class:`DataError` with one line naming the file, the row and what is wrong.
+not empty, has the columns the task reads, every row's input fields are present and text
+(:meth:`~pl_petune.tasks.TaskSpec.row_problem`), and every label is in the task's label set. Problems raise
+:class:`DataError` with one line naming the file, the row and what is wrong. TSV cells are read as text
+(a sentence ``1984`` stays the string ``"1984"``), so a TSV can only lack a field, never mistype one.
 """
 
 from __future__ import annotations
@@ -72,13 +74,21 @@ def _load_local(spec: TaskSpec, split: str, path: Path):
     datasets.disable_progress_bars()
     try:
         if path.suffix == ".jsonl":
-            _check_jsonl(path)
+            _check_jsonl(path, spec)
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         else:
-            kwargs: dict[str, Any] = {"delimiter": spec.local.get("delimiter", "\t"),
-                                      "quoting": spec.local.get("quoting", 3), "keep_default_na": False}
+            delimiter = spec.local.get("delimiter", "\t")
+            kwargs: dict[str, Any] = {"delimiter": delimiter, "quoting": spec.local.get("quoting", 3),
+                                      "keep_default_na": False}
             if "column_names" in spec.local:
-                kwargs["column_names"] = spec.local["column_names"]
+                kwargs["column_names"] = names = list(spec.local["column_names"])
+            else:
+                with path.open(encoding="utf-8") as fh:
+                    names = fh.readline().rstrip("\r\n").split(delimiter)
+            if len(set(names)) == len(names):  # every cell as text: a sentence "1984" must not become a number
+                kwargs["features"] = datasets.Features({n: datasets.Value("string") for n in names})
+            if kwargs["quoting"] == 3:
+                _check_tsv_rows(path, spec, names, delimiter, header="column_names" not in spec.local)
             ds = datasets.load_dataset("csv", data_files=str(path), split="train", **kwargs)
     except DataError:
         raise
@@ -90,7 +100,12 @@ def _load_local(spec: TaskSpec, split: str, path: Path):
     return _normalise(spec, ds, str(path), row_offset=2 if path.suffix == ".tsv" and "column_names" not in spec.local else 1)
 
 
-def _check_jsonl(path: Path) -> None:
+def _check_jsonl(path: Path, spec: TaskSpec) -> None:
+    """Every line is a JSON object whose input fields the task can read (before ``datasets`` infers column
+    types, which would fail on a mixed-type column without naming the row). A field absent from every row is
+    left to the column check, whose message says the file has the wrong layout."""
+    rows: list[tuple[int, dict]] = []
+    seen: set[str] = set()
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -101,6 +116,32 @@ def _check_jsonl(path: Path) -> None:
                 raise DataError(f"{path}: row {lineno}: not valid JSON ({err.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}: row {lineno}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((lineno, obj))
+            seen.update(obj)
+    absent = {name: "" for name in spec.fields if name not in seen}
+    for lineno, obj in rows:
+        problem = spec.row_problem({**obj, **absent})
+        if problem:
+            raise DataError(f"{path}: row {lineno}: {problem} (task {spec.name})")
+
+
+def _check_tsv_rows(path: Path, spec: TaskSpec, names: list[str], delimiter: str, header: bool) -> None:
+    """Every line has the header's number of fields (without quoting, a line's fields are exactly its
+    delimiters + 1); a short line would otherwise be read with its missing fields as empty text."""
+    inputs = set(spec.fields)
+    layout = "the header has" if header else f"task {spec.name}'s layout has"
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if (header and lineno == 1) or not line.strip("\r\n"):
+                continue
+            n = line.rstrip("\r\n").count(delimiter) + 1
+            if n < len(names):
+                lost = [c for c in names[n:] if c in inputs or c == spec.label_column] or names[n:]
+                raise DataError(f"{path}: row {lineno}: {n} field(s) where {layout} {len(names)}: "
+                                f"field {lost[0]!r} is missing (task {spec.name})")
+            if n > len(names):
+                raise DataError(f"{path}: row {lineno}: {n} fields where {layout} {len(names)} "
+                                f"({', '.join(names)})")
 
 
 def _load_hub(spec: TaskSpec, split: str):
@@ -131,6 +172,7 @@ def _normalise(spec: TaskSpec, ds, where: str, row_offset: int):
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)} for task {spec.name}; "
                         f"found: {', '.join(sorted(cols))}")
+    _check_inputs(spec, ds, where, row_offset)
     raw = ds[spec.label_column]
     labels: list[Any] = []
     for i, value in enumerate(raw):
@@ -140,6 +182,19 @@ def _normalise(spec: TaskSpec, ds, where: str, row_offset: int):
     if "label" in ds.column_names:
         ds = ds.remove_columns("label")
     return ds.add_column("label", labels)
+
+
+def _check_inputs(spec: TaskSpec, ds, where: str, row_offset: int) -> None:
+    """Refuse the first row whose input fields the task cannot read (missing, null, not text)."""
+    columns = {name: ds[name] for name in spec.fields}
+    extra = spec.check is not None
+    for i in range(len(ds)):
+        row = {name: values[i] for name, values in columns.items()}
+        if extra:
+            row = ds[i]
+        problem = spec.row_problem(row)
+        if problem:
+            raise DataError(f"{where}: row {i + row_offset}: {problem} (task {spec.name})")
 
 
 def _label_index(spec: TaskSpec, value: Any, where: str, row: int) -> Any:

@@ -89,10 +89,12 @@ class _AdapterHubMethod(PetLayerMethod):
     def drop_pet_layers(self) -> None:
         """Replace the backbone with a plain Hugging Face model (no ``adapters`` wrappers, no aliases in its
         state dict) holding the current backbone weights, all frozen; the head is kept."""
-        from pl_petune.methods.base import load_backbone
+        from pl_petune.methods.base import load_backbone, seeded
 
         state = self.backbone.state_dict()
-        plain = load_backbone(self.hparams.backbone, self.hparams.hidden_dropout)
+        # mid-fit (EH-FT's stage switch): whatever building the model draws must not move the dropout stream
+        with seeded(self.hparams.init_seed):
+            plain = load_backbone(self.hparams.backbone, self.hparams.hidden_dropout)
         plain.load_state_dict({k: state[k] for k in plain.state_dict()})
         plain.requires_grad_(False)
         plain.train(self.backbone.training)

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = Path("recipes/papers")
 SWEEPS = Path("sweeps/papers")
@@ -30,50 +32,22 @@ PET_SEEDS = [1111, 2222, 3333, 4444, 5555, 6666, 7777, 8888, 9999, 101010, 11111
              555555, 666666, 777777, 888888, 999999, 10101010]
 
 
-# ---- YAML rendering (block style, fixed key order, floats in scientific notation like the other recipes) ----
-def _scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        if v == 0:
-            return "0.0"
-        if 1e-2 <= abs(v) < 1e3:
-            return repr(v)
-        mant, exp = f"{v:.6e}".split("e")
-        mant = mant.rstrip("0").rstrip(".")
-        if "." not in mant:
-            mant += ".0"
-        return f"{mant}e{int(exp):+03d}".replace("e+0", "e+").replace("e-0", "e-")
-    if isinstance(v, str):
-        plain = v and all(c.isalnum() or c in "._/-" for c in v) and v[0].isalpha() and v not in ("true", "false")
-        return v if plain else "'" + v.replace("'", "''") + "'"
-    return str(v)
+# ---- YAML rendering: yaml.safe_dump, keys in the order written here, lists of scalars in flow style ----
+class _Dumper(yaml.SafeDumper):
+    pass
 
 
-def _yaml(d: Any, indent: int = 0) -> list[str]:
-    pad = "  " * indent
-    out: list[str] = []
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.append(f"{pad}{k}:")
-                out += _yaml(v, indent + 1)
-            elif isinstance(v, list) and v and isinstance(v[0], dict):
-                out.append(f"{pad}{k}:")
-                for item in v:
-                    lines = _yaml(item, indent + 2)
-                    out.append(f"{pad}  - " + lines[0].lstrip())
-                    out += lines[1:]
-            elif isinstance(v, list):
-                flow = f"{pad}{k}: [" + ", ".join(_scalar(x) for x in v) + "]"
-                if len(flow) <= 116 or not all(isinstance(x, str) for x in v):
-                    out.append(flow)
-                else:
-                    out.append(f"{pad}{k}:")
-                    out += [f"{pad}  - {_scalar(x)}" for x in v]
-            else:
-                out.append(f"{pad}{k}: {_scalar(v)}")
-    return out
+def _list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(x, (dict, list)) for x in data) and len(repr(data)) <= 90
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _list)
+
+
+def _yaml(d: dict[str, Any]) -> list[str]:
+    text = yaml.dump(d, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=116)
+    return text.rstrip("\n").split("\n")
 
 
 KEEP = ("Command", "All 20", "The table", "The study", "The whole", "Offline:", "Online:")
@@ -244,6 +218,10 @@ def rev_body(task: str, model: dict, bs: int, protocol: str, pad: bool, label: s
                             "max_length": 128, "pad_to_max_length": pad}
     if train_limit is not None:
         data["train_limit"] = train_limit
+    if task in MC_TASKS:
+        args = dict(model["init_args"])
+        args["head"] = "pooler_linear"
+        model = {**model, "init_args": args}
     return {"model": model, "data": data,
             "trainer": {"max_epochs": 50, "gradient_clip_val": 1.0},
             "early_stopping": {"monitor": monitor, "patience": 10}, "run": {"name": label}}
@@ -256,8 +234,14 @@ REV_COMMON = ("Shared settings (REFERENCE §1.3, §1.5): roberta-base, max lengt
               "50 epochs, one dev pass per epoch, early stopping and checkpoint selection on dev loss with patience "
               "10, the best checkpoint tested once. Adapter is Pfeiffer with adapter-transformers 2.2's bert init; "
               "prefix is flat (no reparametrisation) with dropout 0.1 on the prefix; LoRA adapts query and value; "
-              "BitFit trains every backbone bias and the head.")
+              "BitFit trains every backbone bias and the head. Inputs as the PETuning code builds them (REFERENCE "
+              "§10): WiC is the one string of its template 0 (\"<sentence1> <sentence2> Does <word> have the same "
+              "meaning in both sentences?\"); COPA pairs \"<premise> because\" (cause) or \"<premise> so\" "
+              "(effect) with each choice. Heads: RoBERTa's (dropout, dense 768, tanh, dropout, out) on <s>; for "
+              "COPA (multiple choice) the PETuning code's: the frozen pretrained pooler, dropout 0.1 and a trainable "
+              "Linear(768, 1) per choice, 769 head parameters (model.init_args.head pooler_linear).")
 REV_COMMON += " " + LABEL
+MC_TASKS = ("copa",)  # multiple choice: PETuning's pooler + Linear(hidden, 1) head (REFERENCE §10)
 PROTOCOL_TEXT = {
     "parity": "Protocol: PETuning parity: data.protocol petuning (dev = the last 10 % of train, unshuffled, the same "
               "for every seed; test = the official validation set) and padding to 128 as the released code does.",
@@ -526,12 +510,31 @@ MW_COMMON = ("Hyper-parameters and seeds are not published (REFERENCE §2); thes
              "BitFit lr PETuning's search chose on most tasks was 5e-4 to 1e-3), at most 20 epochs, early stopping "
              "and selection on dev loss with patience 5, 5 tied seeds. Protocol: fair (data.protocol train_split: "
              "dev = a seeded, stratified 10 % of train; the official GLUE validation set is the test set, read once); "
-             "the paper's own split is not known.")
+             "the paper's own split is not known. Head: BertForSequenceClassification's, the paper's setup "
+             "(REFERENCE §10): the pretrained pooler, dropout 0.1 and a trainable Linear(768, labels) "
+             "(model.init_args.head pooler_linear), no fresh 768x768 dense.")
 
 MW_COMMON += " " + LABEL
+# Per row: what trains besides the classifier Linear(768, labels). The pooler trains only in Full-FT (HF full
+# finetuning trains it); elsewhere it stays the pretrained one, frozen: the paper does not say, this is our choice.
+MW_TRAINS = {
+    "finetune": "every BertModel parameter, the pretrained pooler included (model.init_args.train_pooler true)",
+    "ffn": "every layer's intermediate and output dense Linears (weights and biases, no LayerNorm)",
+    "mha": "every layer's query, key, value and attention-output dense Linears (no LayerNorm)",
+    "layernorm": "the 24 encoder LayerNorms (gains and biases; not the embedding LayerNorm)",
+    "layernorm_a": "the 12 attention-output LayerNorms",
+    "layernorm_f": "the 12 feed-forward-output LayerNorms",
+    "bitfit": ("every backbone bias except the pooler's (the embedding LayerNorm's included); Ben Zaken et al.'s "
+               "code also trains the pooler's 768-entry bias"),
+    "random": "a seeded random subset of backbone entries (see below)",
+    "frozen": "nothing in the backbone",
+}
 
 
 def mw_body(task: str, cls: str, args: dict, lr: float, label: str) -> dict[str, Any]:
+    args = {**args, "head": "pooler_linear"}
+    if cls == "FullFinetune":
+        args["train_pooler"] = True
     data: dict[str, Any] = {"task": task, "protocol": "train_split", "data_seed": 1111, "batch_size": 32,
                             "max_length": 128}
     if task == "mnli":  # MNLI_mm: the same best checkpoint scored on the mismatched validation set
@@ -559,9 +562,16 @@ def modulewise(out: Out) -> None:
                 notes.append(f"MNLI_mm (published {_pm(*mm, 1)}): the same best checkpoint is scored on the "
                              "mismatched validation set as the OOD set mnli_mm (record: ood_metrics, "
                              "ood/mnli_mm/accuracy; petune report writes it to ood.md).")
+            notes.append(f"Trains: {MW_TRAINS[name]}, and the classifier"
+                         + ("" if name == "finetune" else "; the pooler stays the pretrained one, frozen (our "
+                                                          "choice: the paper does not say)") + ".")
             if name == "bitfit":
-                notes.append("%Param: the paper's 0.12 % counts the encoder only; pl_petune's BitFit trains the "
-                             "same biases and reports 0.09 % of the whole BertModel (REFERENCE §7).")
+                notes.append("%Param: how the paper counted its 0.12 % is not known, and no single denominator "
+                             "reproduces its whole %Param column: BertModel's biases are 0.09 % of the whole "
+                             "BertModel, the denominator that reproduces the 25.89 / 51.76 / 0.03 / 0.02 rows, and "
+                             "0.12 % only of the encoder alone, under which those rows would read differently "
+                             "(REFERENCE §7). The encoder-only reading is a guess, not a fact; pl_petune reports "
+                             "0.09 % of the whole BertModel.")
                 if task in ("mnli", "qnli"):
                     notes.append("The published cell is marked † in the paper: copied from Ben Zaken et al. (2022), "
                                  "not run by the authors.")
@@ -586,9 +596,10 @@ def modulewise(out: Out) -> None:
         for layer, (mean, std) in enumerate(values, start=1):
             path = base / "table3" / f"{task}_layer{layer:02d}.yaml"
             header = (f"{MW}, Table 3, cell layer #{layer} x {MW_COL[task]}: published {_pm(mean, std, 1)} "
-                      f"({MW_METRIC.get(task, 'accuracy')}, mean ± std). Only the two LayerNorms of encoder layer "
-                      f"{layer} (model.init_args.layers [{layer - 1}], 0-based) and the head train: 3,072 backbone "
-                      "parameters, 0.003 % (REFERENCE §7).\n" + MW_COMMON + "\n"
+                      f"({MW_METRIC.get(task, 'accuracy')}, mean ± std).\nTrains: the two LayerNorms of encoder layer "
+                      f"{layer} (model.init_args.layers [{layer - 1}], 0-based), 3,072 backbone parameters, 0.003 % "
+                      "(REFERENCE §7), and the classifier; the pooler stays the pretrained one, frozen (our choice: "
+                      "the paper does not say).\n" + MW_COMMON + "\n"
                       f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
                       f"The table: petune sweep {sp3}")
             out.recipe(path, header, mw_body(task, "LayerNormTuning", {"variant": "all", "layers": [layer - 1]}, 1e-3,
@@ -668,9 +679,10 @@ def ehft(out: Out) -> None:
                         "(the reference's stage-1 head lr; no single-stage value is documented)")
             elif name == "prefix":
                 cls, args = "PrefixTuning", {"prefix_length": 17, "reparametrize": False, "prefix_dropout": 0.0,
-                                             "lr": 5e-3}
-                what = ("P-tuning v2 prefix, 17 positions per layer, no reparametrisation, no prefix dropout (none is "
-                        "documented), lr 5e-3 (the reference's single-stage ptv2 lr)")
+                                             "prefix_init_std": 0.01, "lr": 5e-3}
+                what = ("P-tuning v2 prefix, 17 positions per layer, no reparametrisation, initialised randn * 0.01 "
+                        "as EH-FT's PrefixTuningMixin (prefix_init_std 0.01; AdapterHub's own is randn, std 1), no "
+                        "prefix dropout (none is documented), lr 5e-3 (the reference's single-stage ptv2 lr)")
             elif name == "lora":
                 cls, args = "LoRA", {"r": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q", "k", "v", "o"],
                                      "lr": 5e-4}
@@ -718,10 +730,11 @@ def ehft(out: Out) -> None:
                     pet_what = "LoRA (Q, K, V, O; r 8, alpha 16)"
                 elif pet == "prefix":
                     cls, args = "PrefixTuning", {"prefix_length": 17, "reparametrize": False, "prefix_dropout": 0.0,
-                                                 "lr": ft_lr}
+                                                 "prefix_init_std": 0.01, "lr": ft_lr}
                     hws["train_pet"] = True
                     hws["stage2_params"] = STAGE2_ALL
-                    pet_what = "a 17-position prefix"
+                    pet_what = ("a 17-position prefix initialised randn * 0.01 as the reference (prefix_init_std "
+                                "0.01)")
                 else:
                     cls, args = "FullFinetune", {"lr": ft_lr}
                     hws["stage1_params"] = {"include": [EH_BITFIT_BIASES], "bias_only": True}

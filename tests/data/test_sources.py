@@ -108,3 +108,99 @@ def test_tsv_bad_label_names_row(tmp_path):
     (d / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\tyes\n")
     with pytest.raises(DataError, match=r"train.tsv: row 3: label 'yes' not in"):
         load_split(get_task("glue_rte"), "train", tmp_path)
+
+
+# ---- every row's input fields are checked like its label (issue 15 item 6) ----------------------------------
+@pytest.mark.parametrize("row, match", [
+    ({**ROW, "premise": None}, r"row 2: field 'premise' is null \(expected text\) \(task cb\)"),
+    ({**ROW, "hypothesis": 7}, r"row 2: field 'hypothesis' is int 7 \(expected text\)"),
+    ({**ROW, "premise": ["a", "b"]}, r"row 2: field 'premise' is list \['a', 'b'\] \(expected text\)"),
+    ({"premise": "p", "label": "entailment", "idx": 1}, r"row 2: field 'hypothesis' is missing"),
+    ({**ROW, "hypothesis": {"t": "x"}}, r"row 2: field 'hypothesis' is dict"),
+    ({**ROW, "premise": True}, r"row 2: field 'premise' is bool True"),
+])
+def test_jsonl_row_with_a_bad_input_field_is_refused_with_its_row(tmp_path, row, match):
+    root = _cb_dir(tmp_path, [json.dumps(ROW), json.dumps(row), json.dumps(ROW)])
+    with pytest.raises(DataError, match=match) as info:
+        load_split(get_task("cb"), "train", root)
+    assert "\n" not in str(info.value) and "train.jsonl" in str(info.value)
+
+
+def _superglue(tmp_path: Path, folder: str, rows: list[dict]) -> Path:
+    d = tmp_path / "super_glue" / folder
+    d.mkdir(parents=True)
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+COPA_ROW = {"premise": "The man fell.", "choice1": "He slipped.", "choice2": "He sang.", "question": "cause",
+            "label": 0, "idx": 0}
+WSC_ROW = {"text": "Mark told Pete he was late.", "target": {"span1_text": "Pete", "span2_text": "he"},
+           "label": True, "idx": 0}
+
+
+@pytest.mark.parametrize("folder, task, bad, match", [
+    ("COPA", "copa", {**COPA_ROW, "choice2": None}, r"row 2: field 'choice2' is null"),
+    ("COPA", "copa", {**COPA_ROW, "question": "why"}, r"row 2: question 'why' not in the task's set cause, effect"),
+    ("WSC", "wsc", {**WSC_ROW, "target": {"span1_text": "Pete"}}, r"row 2: field 'span2_text' is missing"),
+    ("WSC", "wsc", {**WSC_ROW, "target": {"span1_text": 3, "span2_text": "he"}}, r"row 2: field 'span1_text' is int"),
+])
+def test_fields_inside_the_formatter_are_checked_too(tmp_path, folder, task, bad, match):
+    good = COPA_ROW if task == "copa" else WSC_ROW
+    root = _superglue(tmp_path, folder, [good, bad])
+    with pytest.raises(DataError, match=match):
+        load_split(get_task(task), "train", root)
+
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
+
+
+@pytest.mark.parametrize("body, match", [
+    ("0\ta\tb\tentailment\n1\tc\n", r"train.tsv: row 3: 2 field\(s\) where the header has 4: field 'sentence2' "
+                                    r"is missing \(task glue_rte\)"),
+    ("0\ta\tb\tentailment\n1\tc\td\n", r"row 3: 3 field\(s\) where the header has 4: field 'label' is missing"),
+    ("0\ta\tb\tentailment\textra\n", r"row 2: 5 fields where the header has 4"),
+])
+def test_tsv_row_with_missing_or_extra_fields_is_refused_with_its_row(tmp_path, body, match):
+    d = tmp_path / "glue" / "RTE"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text(RTE_HEADER + body)
+    with pytest.raises(DataError, match=match) as info:
+        load_split(get_task("glue_rte"), "train", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_tsv_cells_stay_text_even_when_they_look_like_numbers(tmp_path):
+    d = tmp_path / "glue" / "RTE"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text(RTE_HEADER + "0\t1984\t007\tentailment\n1\t3.50\tNaN\tnot_entailment\n")
+    ds = load_split(get_task("glue_rte"), "train", tmp_path)
+    assert ds["sentence1"] == ["1984", "3.50"] and ds["sentence2"] == ["007", "NaN"]
+    assert ds["label"] == [0, 1]
+
+
+def test_headerless_tsv_short_row_names_the_layout(tmp_path):
+    d = tmp_path / "glue" / "CoLA"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text("src\t1\t\tGood.\nsrc\t0\n")
+    with pytest.raises(DataError, match=r"row 2: 2 field\(s\) where task cola's layout has 4: field 'sentence'"):
+        load_split(get_task("cola"), "train", tmp_path)
+
+
+def test_bad_row_through_the_cli_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert, monkeypatch, capsys):
+    from pl_petune.cli import main
+
+    rows = [json.dumps({**ROW, "label": lab, "idx": i}) for i, lab in
+            enumerate(["entailment", "contradiction", "neutral"] * 10)]
+    rows[7] = json.dumps({**ROW, "hypothesis": None, "idx": 7})
+    root = _cb_dir(tmp_path, rows)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs"
+    rc = main(["fit", "--config", str(Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"),
+               "--model.init_args.backbone", tiny_bert, "--data.data_dir", str(root), "--run.out_dir", str(out),
+               "--run.store", str(tmp_path / "s.sqlite")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "train.jsonl: row 8: field 'hypothesis' is null" in err[0]
+    assert not (tmp_path / "s.sqlite").exists()
+    assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True

@@ -236,3 +236,109 @@ def test_sweep_plans_every_run(sweep, fit_parser, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = load_sweep(sweep)
     assert len(plan(config, parser=fit_parser, where=str(sweep))) == len(expand(config))
+
+
+# ---- parity values the paper recipes set (issue 13, "Parity"; docs/parity.md) -----------------------------------
+REVISITING = [p for p in PAPER_RECIPES if p.parts[2] == "revisiting"]
+MODULEWISE = [p for p in PAPER_RECIPES if p.parts[2] == "modulewise"]
+EHFT = [p for p in PAPER_RECIPES if p.parts[2] == "ehft"]
+
+
+def test_every_revisiting_copa_recipe_uses_the_petuning_multiple_choice_head():
+    copa = [p for p in REVISITING if _load(p)["data"]["task"] == "copa"]
+    dirs = {p.parts[3] for p in copa}
+    assert {"table2", "table4", "parameter_scale"} <= dirs
+    for p in copa:
+        assert _load(p)["model"]["init_args"].get("head") == "pooler_linear", p
+    others = [p for p in REVISITING if _load(p)["data"]["task"] != "copa"]
+    assert others and all("head" not in _load(p)["model"]["init_args"] for p in others)  # RoBERTa's own head
+
+
+@pytest.mark.parametrize("method", ["Frozen", "Adapter", "PrefixTuning", "LoRA"])
+def test_copa_parity_head_has_769_trainable_parameters_on_roberta_base(method):
+    from pl_petune.params import count
+
+    recipe = next(p for p in REVISITING if p.parts[3] == "table4"
+                  and _load(p)["model"]["class_path"].endswith("." + method))
+    args = {k: v for k, v in _load(recipe)["model"]["init_args"].items() if k != "backbone"}
+    name = {"Frozen": "frozen", "Adapter": "adapter", "PrefixTuning": "prefix", "LoRA": "lora"}[method]
+    report = count(name, "config:roberta-base", "copa", **args)
+    assert report["head_params"] == 769
+
+
+def test_modulewise_recipes_use_the_pretrained_pooler_and_only_full_ft_trains_it():
+    assert MODULEWISE
+    for p in MODULEWISE:
+        raw = _load(p)
+        args = raw["model"]["init_args"]
+        assert args.get("head") == "pooler_linear", p
+        full = raw["model"]["class_path"].endswith(".FullFinetune")
+        assert args.get("train_pooler", False) is full, p
+        header = " ".join(ln.lstrip("# ") for ln in (ROOT / p).read_text().splitlines() if ln.startswith("#"))
+        assert "Trains:" in header and ("pooler included" in header if full else "pooler stays the pretrained one")
+
+
+def test_modulewise_layernorm_row_trains_the_papers_count_plus_the_linear_classifier():
+    from pl_petune.params import count
+
+    report = count("layernorm", "config:bert-base", "cola", head="pooler_linear")
+    assert report["trainable_backbone_params"] == 36_864  # REFERENCE §7: 0.03 %
+    assert report["head_params"] == 768 * 2 + 2  # Linear(768, 2), no fresh 768x768 dense
+
+
+def test_ehft_prefix_recipes_initialise_the_prefix_like_the_reference():
+    prefix = [p for p in EHFT if _load(p)["model"]["class_path"].endswith(".PrefixTuning")]
+    assert len(prefix) == 18  # the PT and EH-FT_PT rows x 9 tasks
+    assert all(_load(p)["model"]["init_args"]["prefix_init_std"] == 0.01 for p in prefix)
+    assert _load(Path("recipes/methods/ehft_prefix.yaml"))["model"]["init_args"]["prefix_init_std"] == 0.01
+
+
+def test_bitfit_percent_note_says_it_is_a_guess():
+    for p in (q for q in MODULEWISE if q.stem.endswith("_bitfit")):
+        header = " ".join(ln.lstrip("# ") for ln in (ROOT / p).read_text().splitlines() if ln.startswith("#"))
+        assert "no single denominator" in header and "a guess, not a fact" in header, p
+        assert "counts the encoder only" not in header
+
+
+PET_SEEDS = [1111, 2222, 3333, 4444, 5555, 6666, 7777, 8888, 9999, 101010, 111111, 222222, 333333, 444444,
+             555555, 666666, 777777, 888888, 999999, 10101010]
+
+
+def test_revisiting_parity_recipes_match_the_reference_settings():
+    """REFERENCE §1.2-1.6: roberta-base, max length 128 padded, AdamW weight decay 0, clipping 1.0, at most 50
+    epochs, dev loss with patience 10, 20 tied seeds; Pfeiffer adapters with the bert init, flat prefix with
+    dropout 0.1, LoRA on q and v, BitFit on every bias."""
+    parity = [p for p in REVISITING if p.parts[3] == "table2" and p.parts[4] == "parity"]
+    assert len(parity) == 60
+    for p in parity:
+        raw = _load(p)
+        args = raw["model"]["init_args"]
+        assert args["backbone"] == "roberta-base" and args["weight_decay"] == 0.0, p
+        assert raw["data"]["protocol"] == "petuning" and raw["data"]["max_length"] == 128, p
+        assert raw["data"]["pad_to_max_length"] is True, p
+        assert raw["trainer"] == {"max_epochs": 50, "gradient_clip_val": 1.0}, p
+        assert raw["early_stopping"] == {"monitor": "dev/loss", "patience": 10}, p
+        cls = raw["model"]["class_path"].rpartition(".")[2]
+        expected = {"Adapter": {"variant": "pfeiffer", "init": "bert"},
+                    "PrefixTuning": {"reparametrize": False, "prefix_dropout": 0.1},
+                    "LoRA": {"targets": ["q", "v"], "dropout": 0.0}, "BitFit": {"variant": "all"}}.get(cls, {})
+        assert {k: args[k] for k in expected} == expected, p
+    sweep = _load(Path("sweeps/papers/revisiting/table2_parity.yaml"))
+    assert sweep["parameters"]["run.seed"]["values"] == PET_SEEDS
+
+
+def test_ehft_recipes_match_the_reference_settings():
+    """REFERENCE §3.1-3.4: roberta-large, AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.01, clipping 0.1,
+    warmup 0.1, EH-FT's head, one-logit BCE on binary tasks, every epoch run, best epoch on validation."""
+    assert len(EHFT) == 108
+    for p in EHFT:
+        raw = _load(p)
+        args = raw["model"]["init_args"]
+        assert args["backbone"] == "roberta-large" and args["head"] == "ehft", p
+        assert args["weight_decay"] == 0.01 and args["adam_eps"] == 1e-6 and args["warmup_ratio"] == 0.1, p
+        assert args["betas"] in ([0.9, 0.98], [0.9, 0.999]), p  # 0.999: ChildTuningAdamW's
+        assert raw["trainer"]["gradient_clip_val"] == 0.1 and raw["data"]["protocol"] == "leaky", p
+        assert raw["early_stopping"]["patience"] == raw["trainer"]["max_epochs"], p
+        binary = raw["data"]["task"] in ("rte", "boolq", "wic", "mrpc", "qnli", "cola")
+        assert (args.get("binary_head") == "one_logit") is binary, p
+        assert raw["data"]["max_length"] == (256 if raw["data"]["task"] == "copa" else 512), p
