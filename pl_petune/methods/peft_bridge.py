@@ -60,6 +60,10 @@ NOT_APPLICABLE = {
 }
 
 
+class NeedsWeights(ConfigError):
+    """The tuner's init reads the weights (SVD, permutations), so it cannot be built on the meta device."""
+
+
 @dataclass(frozen=True)
 class Tuner:
     """A preset: a PEFT config class with the fields that make it this tuner.
@@ -72,6 +76,7 @@ class Tuner:
         defaults: the preset's defaults where PEFT's do not fit (the user may override them).
         targets: ``target_modules`` per model type, used only where PEFT has no default mapping.
         doc: one line: the paper and what trains.
+        example: arguments the config requires with no default, for ``petune params --all``.
     """
 
     name: str
@@ -81,6 +86,7 @@ class Tuner:
     defaults: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, list[str]] = field(default_factory=dict)
     doc: str = ""
+    example: dict[str, Any] = field(default_factory=dict)
 
 
 _ENCODER_LN = {"bert": ["LayerNorm"], "roberta": ["LayerNorm"]}
@@ -98,7 +104,7 @@ TUNERS: dict[str, Tuner] = {t.name: t for t in (
           doc="PiSSA (Meng et al., 2024): LoRA initialised from the top singular vectors of W (W keeps the rest)"),
     Tuner("olora", "OLoRA", "LoraConfig", {**_NO_VARIANT, "init_lora_weights": ("olora",)},
           doc="OLoRA (Büyükakyüz, 2024): LoRA initialised from a QR decomposition of W (W keeps the rest)"),
-    Tuner("adalora", "AdaLoRA", "AdaLoraConfig",
+    Tuner("adalora", "AdaLoRA", "AdaLoraConfig", example={"total_step": 1000},
           doc="AdaLoRA (Zhang et al., 2023): SVD-form LoRA whose ranks are pruned by importance during training; "
               "set total_step (the run's optimizer steps)"),
     Tuner("vera", "VeRA", "VeraConfig",
@@ -233,7 +239,7 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
             raise ConfigError(f"peft: {extra} beside class_path; put the PEFT arguments under peft.init_args "
                               f"(or give peft as a plain dict of arguments)")
         cls = _config_class(str(value["class_path"]).rpartition(".")[2])
-        args = dict(value.get("init_args") or {})
+        args = _non_default(cls, _plain(dict(value.get("init_args") or {})))
     elif isinstance(value, dict):
         args = dict(value)
         ptype = args.pop("peft_type", None)
@@ -246,17 +252,18 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
                               "init_args: {r: 8}}, or use a preset (pl_petune.methods.DoRA, VeRA, ...)")
     elif dataclasses.is_dataclass(value):
         cls = type(value)
-        defaults = _field_defaults(cls)
-        args = {k: v for k, v in _plain(value).items() if k not in defaults or defaults[k] != v}
-        if "loftq_config" in args and args.get("init_lora_weights") != "loftq":
-            args.pop("loftq_config")  # jsonargparse fills LoftQConfig's defaults; PEFT ignores it unless loftq
+        args = _non_default(cls, _plain(value))
     else:
         raise ConfigError(f"peft must be a PEFT config, a dict of its arguments or class_path/init_args; "
                           f"got {type(value).__name__}")
     args.pop("peft_type", None)
     ptype = _peft_type(cls)
+    defaults = _field_defaults(cls)
+    if args.get("inference_mode"):
+        raise ConfigError("peft.inference_mode true would freeze the adapter (nothing would train); the bridge sets "
+                          "it: leave it out")
     fields = {f.name for f in dataclasses.fields(cls)} - {"peft_type", *RESERVED}
-    unknown = sorted(set(args) - fields - {"task_type"})
+    unknown = sorted(set(args) - fields - set(RESERVED))
     if unknown:
         raise ConfigError(f"peft: unknown argument(s) {unknown} of peft.{cls.__name__}; allowed: "
                           f"{', '.join(sorted(fields))}")
@@ -264,9 +271,7 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
         raise ConfigError(f"peft.task_type {args['task_type']!r}: the bridge sets FEATURE_EXTRACTION (pl_petune's "
                           "head reads the backbone's features); leave task_type out")
     args.pop("task_type", None)
-    bad = sorted(set(args) & set(RESERVED))
-    if bad:
-        raise ConfigError(f"peft: {bad} is set by the bridge (inference_mode would freeze the adapter); leave it out")
+    args = {k: v for k, v in args.items() if k not in RESERVED}
     if tuner is not None:
         if cls is not _config_class(tuner.config):
             raise ConfigError(f"method {tuner.name!r} is peft.{tuner.config}; got peft.{cls.__name__} "
@@ -287,6 +292,16 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
     spec = {"peft_type": ptype, **_plain(args)}
     build_config(spec)  # PEFT's own checks now, before any backbone loads
     return spec
+
+
+def _non_default(cls: type, args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that differ from the config class's defaults (a parsed or built config lists them all)."""
+    defaults = _field_defaults(cls)
+    out = {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
+    out = {k: v for k, v in out.items() if not (k == "task_type" and v is None)}
+    if "loftq_config" in out and out.get("init_lora_weights") != "loftq":
+        out.pop("loftq_config")  # jsonargparse fills LoftQConfig's defaults; PEFT ignores it unless loftq
+    return out
 
 
 def _preset_for(cls: type, args: dict[str, Any]) -> Optional[Tuner]:
@@ -332,15 +347,23 @@ class Peft(PetLayerMethod):
 
     tuner: ClassVar[Optional[Tuner]] = None
     pet_library = "peft"
+    # what ``petune params --all`` builds: a tuner without a preset (trainable embeddings of token 0)
+    params_example: ClassVar[dict[str, Any]] = {"peft": {"peft_type": "TRAINABLE_TOKENS", "token_indices": [0],
+                                                         "target_modules": ["word_embeddings"]}}
 
     def __init__(self, peft: Optional[Union[PeftConfig, dict[str, Any]]] = None, **kwargs: Any) -> None:
-        peft = peft_spec(peft, self.tuner)  # the saved hyper-parameter is plain data (weights_only checkpoints)
+        # Plain data (weights_only checkpoints); set before the base class builds the backbone and the tuner.
+        object.__setattr__(self, "_peft", peft_spec(peft, self.tuner))
+        if isinstance(peft, dict) or peft is None:
+            peft = dict(peft or {})
+        else:  # a config object (class_path in a recipe): the saved hyper-parameter is its plain form
+            peft = dict(self._peft)
         super().__init__(**kwargs)
 
     # ---- building ---------------------------------------------------------------------------------------
     def peft_config(self):
         """The tuner's PEFT config object (a fresh copy of what the backbone was wrapped with)."""
-        return build_config(self.hparams.peft)
+        return build_config(self._peft)
 
     def configure_method(self) -> None:
         from peft import get_peft_model
@@ -349,13 +372,22 @@ class Peft(PetLayerMethod):
         mtype = getattr(self.backbone.config, "model_type", "")
         if getattr(config, "target_modules", "unset") is None and self.tuner is not None and mtype in self.tuner.targets:
             config.target_modules = set(self.tuner.targets[mtype])
+        if getattr(config, "exclude_modules", "unset") is None and hasattr(self.backbone, "pooler"):
+            config.exclude_modules = ["pooler.dense"]  # the head never reads the pooler: no dead adapter on it
         before = _fingerprints(self.backbone)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.backbone = get_peft_model(self.backbone, config, adapter_name=ADAPTER)
-        except (ValueError, KeyError, TypeError, NotImplementedError, AttributeError) as err:
-            raise ConfigError(f"method {self.method_name!r} (peft.{type(config).__name__}) on backbone "
+        except (ValueError, KeyError, TypeError, NotImplementedError, AttributeError, RuntimeError) as err:
+            if any(p.device.type == "meta" for p in self.backbone.parameters()):
+                raise NeedsWeights(f"method {self.method_name!r} cannot be built on the meta device (its init "
+                                   f"computes with the weights; petune params --method {self.method_name} builds it "
+                                   f"with real weights): {str(err).splitlines()[0][:120]}") from None
+            targets = getattr(config, "target_modules", None)
+            where = f" with target_modules {sorted(targets) if isinstance(targets, set) else targets!r}" \
+                if targets is not None else ""
+            raise ConfigError(f"method {self.method_name!r} (peft.{type(config).__name__}){where} on backbone "
                               f"{self.hparams.backbone!r} ({mtype}): {str(err).splitlines()[0]}") from None
         # Some inits (PiSSA, OLoRA, ...) rewrite or replace pretrained tensors: unloading would not give them back.
         after = _fingerprints(self.backbone)
@@ -427,9 +459,10 @@ class Peft(PetLayerMethod):
                                                                       dtype=cov.dtype)))
         return loss + cfg.orth_reg_weight * torch.stack(terms).mean() if terms else loss
 
-    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
-        """AdaLoRA re-allocates ranks after each optimizer step, from the gradients, before they are zeroed."""
-        if self._adalora() is not None and self._trainer is not None and self.trainer.training:
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """AdaLoRA re-allocates ranks after each optimizer step, from that step's gradients (Lightning zeroes
+        them only at the start of the next step)."""
+        if self._adalora() is not None:
             self.backbone.base_model.update_and_allocate(self.trainer.global_step)
 
     # ---- the PET contract -------------------------------------------------------------------------------
@@ -456,7 +489,7 @@ class Peft(PetLayerMethod):
         self.backbone.save_pretrained(out_dir, selected_adapters=[ADAPTER])
 
     def record_extra(self) -> dict[str, Any]:
-        return {"pet_library": "peft", "peft_config": dict(self.hparams.peft)}
+        return {"pet_library": "peft", "peft_config": dict(self._peft)}
 
 
 def _fingerprints(module: torch.nn.Module) -> dict[int, tuple[float, float]]:
@@ -477,7 +510,8 @@ def _make_preset(tuner: Tuner) -> type:
               else "") + ".\n\n    Args:\n        peft: the arguments of ``peft." + tuner.config + "`` (a dict), "
            "e.g. ``{r: 8, target_modules: [query, value]}``.\n        **kwargs: the base module's arguments.\n")
     cls = type(tuner.class_name, (Peft,), {"__doc__": doc, "tuner": tuner, "__module__": __name__,
-                                           "__qualname__": tuner.class_name})
+                                           "__qualname__": tuner.class_name,
+                                           "params_example": {"peft": tuner.example} if tuner.example else {}})
     return register_method(tuner.name, added=ADDED)(cls)
 
 
