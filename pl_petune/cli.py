@@ -19,6 +19,7 @@ TOOLS = {
     "runs": "pl_petune.sweep:runs_main",
     "report": "pl_petune.report:main",
     "features": "pl_petune.features:main",
+    "export": "pl_petune.export:main",
 }
 LIGHTNING = ("fit", "validate", "test")
 
