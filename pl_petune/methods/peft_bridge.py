@@ -459,6 +459,15 @@ class Peft(PetLayerMethod):
                                                                       dtype=cov.dtype)))
         return loss + cfg.orth_reg_weight * torch.stack(terms).mean() if terms else loss
 
+    def on_fit_start(self) -> None:
+        """AdaLoRA's budget schedule ends at ``total_step``: refuse one the run cannot reach."""
+        cfg = self._adalora()
+        if cfg is not None:
+            steps = int(self.trainer.estimated_stepping_batches)
+            if cfg.total_step > steps:
+                raise ConfigError(f"adalora peft.total_step {cfg.total_step} exceeds this run's {steps} optimizer "
+                                  f"steps: its rank budget would never reach target_r; set total_step: {steps}")
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """AdaLoRA re-allocates ranks after each optimizer step, from that step's gradients (Lightning zeroes
         them only at the start of the next step)."""

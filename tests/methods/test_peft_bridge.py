@@ -184,3 +184,13 @@ def test_cli_refuses_a_bad_peft_argument_with_one_line(tmp_path, tiny_bert, data
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "use_dora=False would be another tuner" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "s.sqlite").exists()
+
+
+def test_adalora_refuses_a_total_step_the_run_cannot_reach(tiny_bert):
+    model = METHODS["adalora"](task="cb", backbone=tiny_bert, peft={"init_r": 4, "target_r": 2, "total_step": 50,
+                                                                   "tinit": 1, "tfinal": 2})
+    loader = torch.utils.data.DataLoader([_batch(i) for i in range(4)], batch_size=None)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(ConfigError, match="total_step 50 exceeds this run's 8 optimizer steps.*total_step: 8"):
+        trainer.fit(model, loader)
