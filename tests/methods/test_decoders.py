@@ -182,7 +182,8 @@ def _fit(tmp: Path, recipe: str, backbone: str, data_dir: str, *extra: str) -> d
     return rec
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", [pytest.param("llama", marks=pytest.mark.slow), "qwen2",
+                                    pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_three_families_run_fit_test_record(family, decoders, data_dir, tmp_path):
     targets = json.dumps(PROJECTIONS[family])
     rec = _fit(tmp_path, "qwen2_lora.yaml", decoders[family], data_dir, "--model.init_args.lr", "1e-2",
@@ -195,6 +196,7 @@ def test_three_families_run_fit_test_record(family, decoders, data_dir, tmp_path
     assert rec["trainable_params"] == model.parameter_report()["trainable_params"]
 
 
+@pytest.mark.slow
 def test_ehft_lora_on_a_decoder_ends_with_the_pretrained_backbone_and_trains_it(decoders, data_dir, tmp_path):
     rec = _fit(tmp_path, "qwen2_ehft_lora.yaml", decoders["qwen2"], data_dir, "--trainer.max_epochs", "3",
                "--model.init_args.peft.r", "2", "--run.keep_checkpoints", "true")
@@ -209,6 +211,7 @@ def test_ehft_lora_on_a_decoder_ends_with_the_pretrained_backbone_and_trains_it(
     assert any(not torch.equal(state[k], pristine[k]) for k in backbone)  # stage 2 trained the decoder
 
 
+@pytest.mark.slow
 def test_lpft_on_a_decoder(decoders, data_dir, tmp_path):
     rec = _fit(tmp_path, "qwen2_lpft.yaml", decoders["gpt2"], data_dir, "--trainer.max_epochs", "3")
     assert rec["status"] == "complete" and rec["method"] == "finetune"
