@@ -468,11 +468,32 @@ class Peft(PetLayerMethod):
                 raise ConfigError(f"adalora peft.total_step {cfg.total_step} exceeds this run's {steps} optimizer "
                                   f"steps: its rank budget would never reach target_r; set total_step: {steps}")
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """AdaLoRA re-allocates ranks after each optimizer step, from that step's gradients (Lightning zeroes
-        them only at the start of the next step)."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """AdaLoRA re-allocates ranks right after each optimizer step, from that step's gradients, inside the
+        step: a checkpoint saved at the step's end (callbacks run before module hooks) already holds it."""
+        super().optimizer_step(*args, **kwargs)
         if self._adalora() is not None:
             self.backbone.base_model.update_and_allocate(self.trainer.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also AdaLoRA's importance estimates and its fixed rank pattern: a resumed run allocates as the
+        uninterrupted one would."""
+        super().on_save_checkpoint(checkpoint)
+        cfg = self._adalora()
+        if cfg is not None:
+            alloc = self.backbone.base_model.rankallocator
+            checkpoint["petune_adalora"] = {"ipt": alloc.ipt, "exp_avg_ipt": alloc.exp_avg_ipt,
+                                            "exp_avg_unc": alloc.exp_avg_unc, "rank_pattern": cfg.rank_pattern}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state, cfg = checkpoint.get("petune_adalora"), self._adalora()
+        if state is not None and cfg is not None:
+            alloc = self.backbone.base_model.rankallocator
+            device = next(self.parameters()).device
+            for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+                setattr(alloc, key, {n: t.to(device) for n, t in state[key].items()})
+            cfg.rank_pattern = state["rank_pattern"]
 
     # ---- the PET contract -------------------------------------------------------------------------------
     def drop_pet_layers(self) -> None:
