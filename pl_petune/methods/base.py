@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from pl_petune.argtypes import NonNegativeFloat, PositiveFloat, Probability, Seed, check_arguments
-from pl_petune.backbones import DEFAULT_BACKBONE, resolve_backbone
+from pl_petune.backbones import DEFAULT_BACKBONE, check_dropout_overrides, resolve_backbone
+from pl_petune.decoders import decoder_inputs, pool_features
 from pl_petune.errors import ConfigError
 from pl_petune.methods.registry import RegisteredName, added_patterns, register_method
 from pl_petune.metrics import build_metrics
@@ -119,6 +120,7 @@ def load_backbone(name: str, hidden_dropout: Optional[float] = None, attention_d
         return AutoModel.from_config(AutoConfig.for_model(model_type, **fields, **kwargs))
     path = resolve_backbone(name)
     config = AutoConfig.from_pretrained(path, **kwargs)
+    check_dropout_overrides(config, kwargs)
     if torch.empty(0).device.type == "meta":  # shapes only (parameter accounting): no weights to read
         return AutoModel.from_config(config)
     return AutoModel.from_pretrained(path, config=config)
@@ -220,15 +222,16 @@ class PetuneModule(L.LightningModule):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Features the head reads: the first token's last hidden state, or the pooler's output for
-        ``head: pooler_linear``."""
+        """Features the head reads: the pooler's output for ``head: pooler_linear``; else the last hidden state
+        of an encoder's first kept token ([CLS]) or of a causal LM's last kept token (:mod:`pl_petune.decoders`)."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.backbone.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
+        kwargs.update(decoder_inputs(self.backbone.config, attention_mask))
         out = self.backbone(**kwargs)
         if self.hparams.get("head") == "pooler_linear":
             return out.pooler_output
-        return out.last_hidden_state[:, 0]
+        return pool_features(self.backbone.config, out.last_hidden_state, attention_mask)
 
     # ---- trainable set -----------------------------------------------------------------------------
     def apply_trainable(self, names: Iterable[str]) -> None:

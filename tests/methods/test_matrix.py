@@ -79,6 +79,71 @@ CASES: dict[str, tuple[str, dict[str, Any], Callable[[str], bool]]] = {
     # encoder-decoder only: runs once, on the tiny T5 (see the backbone fixture)
     "cross_attention": ("cross_attention", {}, lambda n: head(n) or ".EncDecAttention." in n),
 }
+# PEFT tuners through the bridge (pl_petune.methods.peft_bridge): the added tensors are named
+# <module>.<tuner prefix>...default (PEFT's adapter name); tiny-model arguments where PEFT's defaults need wider layers.
+def peft_added(*prefixes: str, frozen: tuple[str, ...] = ()) -> Callable[[str], bool]:
+    def train(n: str) -> bool:
+        return head(n) or (".default" in n and ".pooler." not in n and any(f".{p}" in n for p in prefixes)
+                           and not any(f".{f}" in n for f in frozen))
+    return train
+
+
+PEFT_CASES: dict[str, tuple[str, dict[str, Any], Callable[[str], bool]]] = {
+    "peft_lora": ("peft_lora", {"peft": {"r": 2, "lora_dropout": 0.1}}, peft_added("lora_A", "lora_B")),
+    "peft_lora-qkvo": ("peft_lora", {"peft": {"r": 2, "target_modules": ["query", "key", "value", "attention.output.dense"]}},
+                       peft_added("lora_A", "lora_B")),
+    "dora": ("dora", {"peft": {"r": 2}}, peft_added("lora_A", "lora_B", "lora_magnitude_vector")),
+    "rslora": ("rslora", {"peft": {"r": 2}}, peft_added("lora_A", "lora_B")),
+    "pissa": ("pissa", {"peft": {"r": 2}}, peft_added("lora_A", "lora_B")),
+    "olora": ("olora", {"peft": {"r": 2}}, peft_added("lora_A", "lora_B")),
+    "adalora": ("adalora", {"peft": {"init_r": 4, "target_r": 2, "total_step": 20, "tinit": 1, "tfinal": 1}},
+                peft_added("lora_A", "lora_B", "lora_E")),
+    "vera": ("vera", {"peft": {"r": 4}}, peft_added("vera_lambda_b", "vera_lambda_d")),
+    "loha": ("loha", {"peft": {"r": 2}}, peft_added("hada_")),
+    "lokr": ("lokr", {"peft": {"r": 2}}, peft_added("lokr_")),
+    "oft": ("oft", {"peft": {"r": 0, "oft_block_size": 4}}, peft_added("oft_R")),
+    "boft": ("boft", {}, peft_added("boft_R", "boft_s")),
+    "fourierft": ("fourierft", {"peft": {"n_frequency": 50}}, peft_added("fourierft_spectrum")),
+    "peft_ia3": ("peft_ia3", {}, peft_added("ia3_l")),
+    "ln_tuning": ("ln_tuning", {}, peft_added("ln_tuning_layers")),
+    "peft_prompt": ("peft_prompt", {"peft": {"num_virtual_tokens": 3}}, peft_added("prompt_encoder")),
+    "p_tuning": ("p_tuning", {"peft": {"num_virtual_tokens": 3, "encoder_hidden_size": 16}},
+                 peft_added("prompt_encoder")),
+    "peft_prefix": ("peft_prefix", {"peft": {"num_virtual_tokens": 3}}, peft_added("prompt_encoder")),
+    "hra": ("hra", {"peft": {"r": 2}}, peft_added("hra_")),
+    "c3a": ("c3a", {}, peft_added("c3a_")),
+    "vblora": ("vblora", {"peft": {"r": 2, "num_vectors": 16}}, peft_added("vblora_")),
+    "randlora": ("randlora", {"peft": {"r": 4}}, peft_added("randlora_lambda", "randlora_gamma")),
+    "delora": ("delora", {"peft": {"r": 2}}, peft_added("delora_")),
+    "gralora": ("gralora", {"peft": {"r": 4, "gralora_k": 2}}, peft_added("gralora_")),
+    "hira": ("hira", {"peft": {"r": 2}}, peft_added("hira_")),
+    "lily": ("lily", {"peft": {"r": 2}}, peft_added("lily_")),
+    "beft": ("beft", {}, peft_added("beft_")),
+    "deft": ("deft", {}, peft_added("deft_")),
+    "glora": ("glora", {"peft": {"r": 2, "config_D_E": "none"}}, peft_added("glora_")),  # D scales the bias: 0 here
+    "peanut": ("peanut", {"peft": {"r": 2}}, peft_added("peanut_")),
+    "pvera": ("pvera", {"peft": {"r": 4}}, peft_added("pvera_lambda")),
+    "supertuning": ("supertuning", {}, peft_added("supertuning_")),
+    "tinylora": ("tinylora", {}, peft_added("tinylora_")),
+    "unilora": ("unilora", {}, peft_added("unilora_")),
+    "adamss": ("adamss", {}, peft_added("adamss_")),
+    "osf": ("osf", {}, peft_added("osf_")),
+    "frod": ("frod", {}, peft_added("frod_")),
+    "psoft": ("psoft", {}, peft_added("psoft_")),
+    "miss": ("miss", {"peft": {"r": 4}}, peft_added("miss_")),
+    "shira": ("shira", {"peft": {"r": 2}}, peft_added("shira_")),
+    "road": ("road", {"peft": {"group_size": 4}}, peft_added("road_")),
+    "waveft": ("waveft", {"peft": {"n_frequency": 64}}, peft_added("waveft_")),
+    # the generic bridge, with a tuner that has no preset: trainable token embeddings ([CLS] is in every batch)
+    "peft-generic": ("peft", {"peft": {"peft_type": "TRAINABLE_TOKENS", "target_modules": ["word_embeddings"],
+                                       "token_indices": [101]}}, peft_added("trainable_tokens_delta")),
+}
+CASES.update(PEFT_CASES)
+# The tuners the issue names run on both families; the rest of PEFT's catalogue on tiny BERT (suite time).
+PEFT_CORE = ("peft_lora", "peft_lora-qkvo", "dora", "rslora", "pissa", "olora", "adalora", "vera", "loha", "lokr",
+             "oft", "boft", "fourierft", "peft_ia3", "ln_tuning", "peft_prompt", "p_tuning", "peft_prefix",
+             "peft-generic")
+ONE_FAMILY = tuple(c for c in PEFT_CASES if c not in PEFT_CORE)
 ENCODER_DECODER = ("cross_attention",)
 # Methods whose initialisation promises the frozen backbone's function (up-projection / B / scales neutral).
 IDENTITY_AT_INIT = ("adapter-pfeiffer", "adapter-houlsby", "lora-qv", "lora-qkvo", "ia3")
@@ -123,6 +188,8 @@ def backbone(request) -> str:
         if request.param != FAMILIES[0]:
             pytest.skip("encoder-decoder case: runs once, on tiny_t5")
         return request.getfixturevalue("tiny_t5")
+    if case in ONE_FAMILY and request.param != FAMILIES[0]:
+        pytest.skip("PEFT catalogue case beyond the named tuners: runs on tiny_bert")
     return request.getfixturevalue(request.param)
 
 
@@ -188,7 +255,12 @@ def test_identity_check_can_fail(tiny_bert):
                                   reference(batch["input_ids"], batch["attention_mask"]), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("case", [c for c, (m, _, _) in CASES.items() if issubclass(METHODS[m], PetLayerMethod)])
+# Tuners whose init rewrites the pretrained weights (W keeps the residual of the adapter's share): no drop.
+REWRITES_PRETRAINED = ("pissa", "olora")
+
+
+@pytest.mark.parametrize("case", [c for c, (m, _, _) in CASES.items() if issubclass(METHODS[m], PetLayerMethod)
+                                  and c not in REWRITES_PRETRAINED])
 def test_drop_pet_layers_leaves_pretrained_backbone_and_trained_head(case: str, tiny_roberta):
     model = _build(case, tiny_roberta)
     pristine = METHODS["finetune"](task="cb", backbone=tiny_roberta).backbone.state_dict()
@@ -204,3 +276,16 @@ def test_drop_pet_layers_leaves_pretrained_backbone_and_trained_head(case: str, 
     assert all(torch.equal(model.head.state_dict()[k], v) for k, v in trained_head.items())
     batch = _batch(1)
     model(batch["input_ids"], batch["attention_mask"])  # still runs without the layers
+
+
+@pytest.mark.parametrize("case", REWRITES_PRETRAINED)
+def test_drop_pet_layers_refuses_when_the_init_rewrote_the_pretrained_weights(case: str, tiny_bert):
+    from pl_petune.errors import ConfigError
+
+    model = _build(case, tiny_bert)
+    pristine = METHODS["finetune"](task="cb", backbone=tiny_bert).backbone.state_dict()
+    base = {n.replace("base_model.model.", "").replace("base_layer.", ""): p for n, p in
+            model.backbone.state_dict().items() if model._is_added("." + n) is False}
+    assert any(not torch.equal(base[k], pristine[k]) for k in pristine if k in base)  # it did rewrite W
+    with pytest.raises(ConfigError, match="rewrites the pretrained weights"):
+        model.drop_pet_layers()

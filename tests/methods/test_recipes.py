@@ -11,9 +11,11 @@ from pl_petune.lightning_cli import _method_name, parse_only
 from pl_petune.methods import METHODS
 
 FOLDER = Path(__file__).resolve().parents[2] / "recipes" / "methods"
+PEFT_FOLDER = FOLDER.parent / "peft"  # the PEFT bridge's tuners (pl_petune.methods.peft_bridge)
 # One smoke recipe per registered method (named after it) plus the Houlsby adapter variant; other recipes in
 # the folder (two-stage and regularised finetuning) belong to their callbacks' tests.
-RECIPES = [FOLDER / f"{name}.yaml" for name in sorted(set(METHODS) - {"finetune"} | {"adapter_houlsby"})]
+RECIPES = [(PEFT_FOLDER if (PEFT_FOLDER / f"{name}.yaml").is_file() else FOLDER) / f"{name}.yaml"
+           for name in sorted(set(METHODS) - {"finetune"} | {"adapter_houlsby"})]
 
 
 def test_every_method_but_finetune_has_a_recipe_named_after_it():
@@ -27,7 +29,7 @@ def test_every_method_but_finetune_has_a_recipe_named_after_it():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_parses_on_the_offline_minilm_and_cb(recipe):
     text = recipe.read_text()
-    assert text.startswith("# ") and f"petune fit --config recipes/methods/{recipe.name}" in text
+    assert text.startswith("# ") and f"petune fit --config recipes/{recipe.parent.name}/{recipe.name}" in text
     cfg = parse_only(["fit", "--config", str(recipe)]).fit
     encoder_decoder = getattr(METHODS[_method_name(cfg.model.class_path)], "requires_encoder_decoder", False)
     assert cfg.data.task == "cb" and cfg.model.init_args.backbone == ("t5-small" if encoder_decoder

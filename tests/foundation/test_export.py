@@ -1,0 +1,158 @@
+"""``petune export``: a trained run loads in someone else's code (PEFT's ``PeftModel.from_pretrained`` plus a
+head rebuilt with plain PyTorch from ``head.json``) and gives the logits the run's own module gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pl_petune.cli import main
+from pl_petune.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fit(tmp: Path, backbone: str, data_dir: str, recipe: str, *extra: str) -> dict:
+    store = tmp / "store.sqlite"
+    argv = ["fit", "--config", str(ROOT / "recipes" / recipe), "--model.init_args.backbone", backbone,
+            "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--run.keep_checkpoints", "true",
+            "--run.out_dir", str(tmp / "runs"), "--run.store", str(store), *extra]
+    assert main(argv) == 0
+    (rec,) = Store(store).records()
+    return rec
+
+
+def _plain_head(folder: Path) -> torch.nn.Module:
+    """The head as another project would rebuild it: only head.json and head.safetensors, no pl_petune."""
+    from safetensors.torch import load_file
+
+    desc = json.loads((folder / "head.json").read_text())
+    state = load_file(str(folder / "head.safetensors"))
+    layers = []
+    for spec in desc["layers"]:
+        if spec["type"] == "linear":
+            lin = torch.nn.Linear(spec["in"], spec["out"])
+            lin.load_state_dict({"weight": state[spec["weight"]], "bias": state[spec["bias"]]})
+            layers.append(lin)
+        else:
+            layers.append({"dropout": torch.nn.Dropout(spec.get("p", 0.0)), "tanh": torch.nn.Tanh(),
+                           "relu": torch.nn.ReLU()}[spec["type"]])
+    return torch.nn.Sequential(*layers).eval()
+
+
+def _pool(desc: dict, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(hidden.shape[0])
+    if desc["pooling"] == "last_kept_token":
+        return hidden[rows, mask.shape[1] - 1 - mask.flip(-1).argmax(-1)]
+    return hidden[rows, mask.argmax(-1)]
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(1000, 5000, (3, 12), generator=g)
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 6:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _theirs(folder: Path, backbone: str, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    desc = json.loads((folder / "head.json").read_text())
+    if desc["export"] == "peft_adapter":
+        model = PeftModel.from_pretrained(AutoModel.from_pretrained(backbone), str(folder)).eval()
+    else:
+        model = AutoModel.from_pretrained(str(folder / "backbone")).eval()
+    with torch.no_grad():
+        hidden = model(**b).last_hidden_state
+        return _plain_head(folder)(_pool(desc, hidden, b["attention_mask"]))
+
+
+def _ours(rec: dict, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    from pl_petune.export import load_module
+
+    with torch.no_grad():
+        return load_module(rec)(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+
+
+@pytest.mark.parametrize("recipe, extra", [
+    ("peft/dora.yaml", ("--model.init_args.peft.r", "2")),
+    ("peft/vera.yaml", ()),
+    ("methods/lora.yaml", ("--model.init_args.r", "2")),
+    ("methods/bitfit.yaml", ()),
+])
+def test_export_loads_with_peft_and_gives_the_same_logits(recipe, extra, tmp_path, tiny_bert, data_dir, capsys):
+    rec = _fit(tmp_path, tiny_bert, data_dir, recipe, "--model.init_args.lr", "1e-2", *extra)
+    out = tmp_path / "exported"
+    assert main(["export", rec["run_key"], "--out", str(out), "--store", str(tmp_path / "store.sqlite")]) == 0
+    assert f"run {rec['run_key']}" in capsys.readouterr().out
+    desc = json.loads((out / "head.json").read_text())
+    assert desc["run_key"] == rec["run_key"] and desc["checkpoint_sha256"] == rec["best_checkpoint_sha256"]
+    if desc["export"] == "peft_adapter":
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
+    b = _batch()
+    theirs, ours = _theirs(out, tiny_bert, b), _ours(rec, b)
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=0)
+    # the trained run is not the pretrained backbone plus a head: the export carries what was trained
+    fresh = _theirs_fresh(out, tiny_bert, b)
+    assert not torch.allclose(fresh, ours, atol=1e-4)
+    assert list(tmp_path.glob(".exported.tmp-*")) == []
+
+
+def _theirs_fresh(folder: Path, backbone: str, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    from transformers import AutoModel
+
+    desc = json.loads((folder / "head.json").read_text())
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(backbone).eval()(**b).last_hidden_state
+        return _plain_head(folder)(_pool(desc, hidden, b["attention_mask"]))
+
+
+@pytest.fixture(scope="module")
+def discarded(tmp_path_factory, tiny_bert, data_dir):
+    tmp = tmp_path_factory.mktemp("discarded")
+    store = tmp / "store.sqlite"
+    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "vera.yaml"), "--model.init_args.backbone", tiny_bert,
+            "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+            "--run.out_dir", str(tmp / "runs"), "--run.store", str(store)]
+    assert main(argv) == 0
+    (rec,) = Store(store).records()
+    return tmp, rec
+
+
+def test_export_refuses_a_run_without_its_checkpoint(discarded, capsys):
+    tmp, rec = discarded
+    assert main(["export", rec["run_dir"], "--out", str(tmp / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "kept no checkpoint" in err and "--run.keep_checkpoints true" in err
+    assert not (tmp / "x").exists()
+
+
+def test_export_refuses_other_weights_than_the_tested_ones(tmp_path, tiny_bert, data_dir, capsys):
+    rec = _fit(tmp_path, tiny_bert, data_dir, "peft/vera.yaml")
+    ckpt = Path(rec["extra"]["best_checkpoint"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["state_dict"]["head.net.4.bias"] += 1.0
+    torch.save(state, ckpt)
+    assert main(["export", rec["run_dir"], "--out", str(tmp_path / "x")]) == 2
+    assert "is not the checkpoint run" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_refuses_an_unknown_run_and_an_existing_folder(discarded, tmp_path, capsys):
+    tmp, rec = discarded
+    assert main(["export", "0123456789abcdef", "--out", str(tmp_path / "x"),
+                 "--store", str(tmp / "store.sqlite")]) == 2
+    assert "neither a run folder nor a run key" in capsys.readouterr().err
+    (tmp_path / "y").mkdir()
+    assert main(["export", rec["run_key"], "--out", str(tmp_path / "y"), "--store", str(tmp / "store.sqlite")]) == 2
+    assert "exists; give a new folder" in capsys.readouterr().err

@@ -1,0 +1,228 @@
+"""The PEFT bridge: any PEFT tuner as a method, with its numbers, refusals and training hooks checked.
+
+The shared matrix (test_matrix.py) holds one row per tuner (exact trainable set, a step changes exactly those,
+checkpoint round trip, drop for EH-FT). Here: the bridge's LoRA is the built-in LoRA number for number; bad
+configs are refused in one line before training; prompt learning keeps BERT's segment ids; AdaLoRA's rank
+allocation runs inside a Lightning fit; a preset trains through ``petune fit`` to a complete record under its
+own name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from pl_petune.cli import main
+from pl_petune.errors import ConfigError
+from pl_petune.methods import METHODS
+from pl_petune.methods.peft_bridge import NOT_APPLICABLE, TUNERS, peft_spec
+from pl_petune.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _batch(seed: int = 0, segment_b: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 5000, (4, 10), generator=g)
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    types = torch.zeros_like(ids)
+    if segment_b:
+        types[:, 5:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": torch.tensor([0, 1, 2, 1])}
+
+
+def _train(model, steps: int = 3) -> None:
+    model.train()
+    opt = torch.optim.AdamW(model.param_groups(), lr=1e-2)
+    for i in range(steps):
+        b = _batch(i, segment_b=True)
+        loss = model.loss(model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_bridge_lora_is_the_builtin_lora_number_for_number(tiny_bert):
+    """Same init_seed, same targets (query, value), r, alpha, dropout: the same init and the same training."""
+    builtin = METHODS["lora"](task="cb", backbone=tiny_bert, r=4, alpha=8.0, dropout=0.1, init_seed=3)
+    bridge = METHODS["peft_lora"](task="cb", backbone=tiny_bert, init_seed=3,
+                                  peft={"r": 4, "lora_alpha": 8, "lora_dropout": 0.1,
+                                        "target_modules": ["query", "value"]})
+    assert builtin.parameter_report() == bridge.parameter_report()
+    for model in (builtin, bridge):
+        torch.manual_seed(0)  # the dropout draws
+        _train(model)
+    b = _batch(9, segment_b=True)
+    builtin.eval()
+    bridge.eval()
+    with torch.no_grad():
+        x = builtin(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        y = bridge(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    assert torch.equal(x, y)
+
+
+def test_every_preset_is_a_registered_method_with_its_own_name():
+    for name, tuner in TUNERS.items():
+        cls = METHODS[name]
+        assert cls.method_name == name and cls.__name__ == tuner.class_name and cls.tuner is tuner
+    assert METHODS["peft"].method_name == "peft"
+    assert not set(NOT_APPLICABLE) & {peft_spec(t.example, t)["peft_type"] for t in TUNERS.values()}
+
+
+@pytest.mark.parametrize("method, peft, message", [
+    ("dora", {"rr": 4}, r"unknown argument\(s\) \['rr'\] of peft.LoraConfig; allowed: .*lora_alpha"),
+    ("dora", {"use_dora": False}, r"'dora': peft.use_dora=False would be another tuner; allowed: True"),
+    ("peft_lora", {"use_dora": True}, r"'peft_lora': peft.use_dora=True would be another tuner"),
+    ("pissa", {"init_lora_weights": "olora"}, r"init_lora_weights='olora' would be another tuner"),
+    ("vera", {"peft_type": "LORA"}, r"method 'vera' is peft.VeraConfig; got peft.LoraConfig"),
+    ("vera", {"task_type": "SEQ_CLS"}, r"task_type 'SEQ_CLS': the bridge sets FEATURE_EXTRACTION"),
+    ("vera", {"inference_mode": True}, r"peft.inference_mode true would freeze the adapter"),
+    ("peft", {"peft_type": "LORAX"}, r"unknown peft_type 'LORAX'; known: .*VERA"),
+    ("peft", {"r": 8}, r"name the tuner"),
+    ("peft", {"peft_type": "VERA", "r": 8}, r"is method 'vera': use class_path pl_petune.methods.VeRA"),
+    ("peft", {"peft_type": "LORA", "use_dora": True}, r"is method 'dora': use class_path pl_petune.methods.DoRA"),
+    ("peft", {"class_path": "peft.LoraConfig", "init_args": {"r": 4}, "lora_alpha": 32},
+     r"\['lora_alpha'\] beside class_path; put the PEFT arguments under peft.init_args"),
+    ("adalora", {}, r"peft.AdaLoraConfig: .*total_step"),
+    ("oft", {"r": 4, "oft_block_size": 4}, r"peft.OFTConfig: "),
+])
+def test_bad_configs_are_refused_in_one_line_before_a_backbone_loads(method, peft, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        METHODS[method](task="cb", backbone="/nonexistent/backbone", peft=peft)
+    assert "\n" not in str(err.value)
+
+
+def test_targets_that_match_nothing_are_refused(tiny_bert):
+    with pytest.raises(ConfigError, match=r"'vera' \(peft.VeraConfig\) with target_modules \['q_proj'\] on backbone .*\(bert\)"):
+        METHODS["vera"](task="cb", backbone=tiny_bert, peft={"target_modules": ["q_proj"]})
+
+
+def test_the_generic_bridge_takes_a_config_object_and_class_path(tiny_bert):
+    import peft
+
+    spec = peft_spec(peft.TrainableTokensConfig(token_indices=[101], target_modules=["word_embeddings"]))
+    assert spec == {"peft_type": "TRAINABLE_TOKENS", "token_indices": [101], "target_modules": ["word_embeddings"]}
+    same = peft_spec({"class_path": "peft.TrainableTokensConfig",
+                      "init_args": {"token_indices": [101], "target_modules": ["word_embeddings"]}})
+    assert same == spec
+    model = METHODS["peft"](task="cb", backbone=tiny_bert, peft=spec)
+    assert model.record_extra()["peft_config"] == spec
+
+
+@pytest.mark.parametrize("method", ["peft_prompt", "p_tuning", "peft_prefix"])
+def test_prompt_learning_keeps_the_segment_ids(method, tiny_bert):
+    """PEFT's own prompt-learning forward drops token_type_ids (segment B would read as segment A); ours keeps
+    them and otherwise computes exactly PEFT's forward."""
+    from pl_petune.decoders import pool_features
+
+    model = METHODS[method](task="cb", backbone=tiny_bert, peft={"num_virtual_tokens": 3}).eval()
+    b = _batch(2, segment_b=True)
+    with torch.no_grad():
+        ours_a = model.encode(b["input_ids"], b["attention_mask"], torch.zeros_like(b["token_type_ids"]))
+        ours_b = model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        theirs = model.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+    skip = 0 if method == "peft_prefix" else 3
+    assert torch.allclose(ours_a, pool_features(model.backbone.config, theirs[:, skip:], b["attention_mask"]),
+                          atol=1e-6)
+    assert not torch.allclose(ours_a, ours_b, atol=1e-4)
+
+
+def test_adalora_penalty_and_rank_allocation_run_in_a_lightning_fit(tiny_bert):
+    model = METHODS["adalora"](task="cb", backbone=tiny_bert, lr=1e-2,
+                               peft={"init_r": 4, "target_r": 2, "total_step": 8, "tinit": 1, "tfinal": 2,
+                                     "deltaT": 1, "orth_reg_weight": 0.5})
+    b = _batch(0)
+    logits = model(b["input_ids"], b["attention_mask"])
+    model.eval()
+    plain = model.loss(logits, b["labels"])
+    model.train()
+    assert model.loss(logits, b["labels"]) > plain  # the orthogonality penalty, in training only
+    cfg = model.backbone.peft_config["default"]
+    assert cfg.rank_pattern is None
+
+    data = [{k: v for k, v in _batch(i).items()} for i in range(8)]
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(model, loader)
+    assert cfg.rank_pattern is not None  # the final budget was fixed at step total_step - tfinal
+    kept = sum(sum(m) for m in cfg.rank_pattern.values())
+    assert kept == 2 * len(cfg.rank_pattern)  # target_r per adapted layer, on average
+
+
+def _fit(tmp_path: Path, tiny_bert: str, data_dir: str, *extra: str) -> Store:
+    store = tmp_path / "store.sqlite"
+    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "dora.yaml"),
+            "--model.init_args.backbone", tiny_bert, "--data.data_dir", data_dir, "--data.train_limit", "48",
+            "--data.max_length", "48", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+            "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store), *extra]
+    assert main(argv) == 0
+    return Store(store)
+
+
+def test_a_preset_trains_through_petune_fit_to_a_record_under_its_name(tmp_path, tiny_bert, data_dir):
+    (rec,) = _fit(tmp_path, tiny_bert, data_dir, "--model.init_args.peft.r", "2").records()
+    assert rec["status"] == "complete" and rec["method"] == "dora"
+    assert rec["model_class"] == "pl_petune.methods.DoRA"
+    assert rec["extra"]["peft_config"]["use_dora"] is True and rec["extra"]["peft_config"]["r"] == 2
+    model = METHODS["dora"](task="cb", backbone=tiny_bert, peft=rec["extra"]["peft_config"])
+    assert rec["trainable_params"] == model.parameter_report()["trainable_params"]
+    # 2 layers x (query, value) x (A: 2x32, B: 32x2, magnitude: 32) + the head (32x32+32 + 32x3+3)
+    assert rec["trainable_params"] == 2 * 2 * (64 + 64 + 32) + (32 * 32 + 32 + 32 * 3 + 3)
+    assert 0.0 <= rec["test_metrics"]["test/f1_macro"] <= 1.0
+
+
+def test_cli_refuses_a_bad_peft_argument_with_one_line(tmp_path, tiny_bert, data_dir, capsys):
+    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "dora.yaml"), "--model.init_args.backbone", tiny_bert,
+            "--model.init_args.peft.use_dora", "false", "--data.data_dir", data_dir,
+            "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(tmp_path / "s.sqlite")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "use_dora=False would be another tuner" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "s.sqlite").exists()
+
+
+def test_adalora_refuses_a_total_step_the_run_cannot_reach(tiny_bert):
+    model = METHODS["adalora"](task="cb", backbone=tiny_bert, peft={"init_r": 4, "target_r": 2, "total_step": 50,
+                                                                   "tinit": 1, "tfinal": 2})
+    loader = torch.utils.data.DataLoader([_batch(i) for i in range(4)], batch_size=None)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(ConfigError, match="total_step 50 exceeds this run's 8 optimizer steps.*total_step: 8"):
+        trainer.fit(model, loader)
+
+
+def test_adalora_resumed_mid_run_ends_where_the_uninterrupted_run_ends(tiny_bert, tmp_path):
+    """The rank allocator's importance estimates travel in the checkpoint: stop after 4 of 8 steps, resume from
+    last.ckpt, and the adapter weights and rank pattern equal an uninterrupted run's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    args = dict(task="cb", backbone=tiny_bert, lr=1e-2, peft={"init_r": 4, "target_r": 2, "total_step": 8,
+                                                             "tinit": 1, "tfinal": 2, "deltaT": 1})
+    loader = torch.utils.data.DataLoader([_batch(i) for i in range(4)], batch_size=None)
+
+    class StopAt(L.Callback):  # the kill: the run is configured for 8 steps and stops after 4
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = trainer.global_step >= 4
+
+    def trainer(root: Path, *extra: L.Callback) -> L.Trainer:
+        return L.Trainer(max_steps=8, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=root, deterministic=True,
+                         callbacks=[ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=1), *extra])
+
+    L.seed_everything(0)
+    whole = METHODS["adalora"](**args)
+    trainer(tmp_path / "a").fit(whole, loader)
+    L.seed_everything(0)
+    first = METHODS["adalora"](**args)
+    trainer(tmp_path / "b", StopAt()).fit(first, loader)
+    assert first.trainer.global_step == 4
+    resumed = METHODS["adalora"](**args)
+    trainer(tmp_path / "b").fit(resumed, loader, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.backbone.peft_config["default"].rank_pattern == resumed.backbone.peft_config["default"].rank_pattern
