@@ -18,6 +18,7 @@ TOOLS = {
     "sweep": "pl_petune.sweep:main",
     "runs": "pl_petune.sweep:runs_main",
     "report": "pl_petune.report:main",
+    "import": "pl_petune.importer:main",
     "features": "pl_petune.features:main",
 }
 LIGHTNING = ("fit", "validate", "test")
