@@ -141,7 +141,7 @@ def test_table4_series_means(recs):
 def test_renderers(analysis):
     g = table2(analysis)
     tex = to_latex(g)
-    assert r"\begin{tabular}" in tex and r"$_{\pm" in tex and r"\textit{Low-resource}" in tex
+    assert r"\begin{tabular}" in tex and r"$_{\pm" in tex and r"\textit{Low-Resource}" in tex and "`" not in tex and r"\texttt{finetune}" in tex
     rows = list(csv.DictReader(io.StringIO(to_csv(g))))
     assert len(rows) == sum(1 for r in g.rows for c in r[1:] if isinstance(c, Value))
     md = to_markdown(g)
