@@ -28,7 +28,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from scipy import stats as sps  # noqa: E402
 
 from pl_petune.record_checks import METRIC_RANGES  # noqa: E402
 from pl_petune.stats.core import Column, Obs, relative_upper_bound, summarize  # noqa: E402
@@ -87,14 +86,22 @@ def _title(a: Analysis, task: str) -> str:
     return f"{a.task_label(task)} ({a.metric[task]} x{a.settings.scale:g})"
 
 
-def save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix) so a reader sees the old file or the new one."""
+def render(fig: Figure, fmt: str) -> bytes:
+    """``fig`` as the bytes of a ``png``, ``svg`` or ``pdf`` file (no creation date: the same analysis gives the
+    same bytes)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=110, metadata=_metadata(f".{fmt}"))
+    return buf.getvalue()
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=path.suffix.lstrip("."), dpi=110, metadata=_metadata(path.suffix))
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a figure is as readable as any file
@@ -103,6 +110,12 @@ def save(fig: Figure, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix), atomically."""
+    path = Path(path)
+    return write_bytes(render(fig, path.suffix.lstrip(".")), path)
 
 
 def _umask() -> int:
@@ -114,14 +127,6 @@ def _umask() -> int:
 def _metadata(suffix: str) -> dict[str, Any]:
     # No creation date: the same store gives byte-identical vector files.
     return {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(suffix, {})
-
-
-def svg_text(fig: Figure) -> str:
-    """``fig`` as an SVG document string (for inlining in the study page)."""
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
 
 
 def draw_all(a: Analysis, spread_x: str = "steps") -> dict[str, Figure | None]:
@@ -137,8 +142,8 @@ def close_all(figs: Mapping[str, Figure | None]) -> None:
             plt.close(fig)
 
 
-def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    fig.tight_layout()
+def _finish(fig: Figure, path: str | os.PathLike | None, rect: tuple | None = None) -> Figure:
+    fig.tight_layout(rect=rect)
     if path is not None:
         save(fig, path)
         plt.close(fig)
@@ -179,6 +184,15 @@ def stability(a: Analysis, path: str | os.PathLike | None = None,
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Per-seed scores; diamond: mean ± std", fontsize=10)
     return _finish(fig, path)
+
+
+def _kde(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Gaussian kernel density of ``ys`` at ``xs`` with Scott's bandwidth (what ``scipy.stats.gaussian_kde``
+    computes in 1-D, checked by a test; written out because scipy's costs ~30 ms a curve through its
+    multivariate path, most of a report's time)."""
+    h = float(np.std(ys, ddof=1)) * len(ys) ** (-1 / 5)
+    u = (xs[:, None] - ys[None, :]) / h
+    return np.exp(-0.5 * u * u).sum(axis=1) / (len(ys) * h * math.sqrt(2 * math.pi))
 
 
 def _scale_groups(obs: Sequence[Obs]) -> dict[tuple[Column, int | None], list[Obs]]:
@@ -225,15 +239,18 @@ def density(a: Analysis, path: str | os.PathLike | None = None,
                 kinds.add("hist")
             else:
                 xs = np.linspace(x0, x1, 200)
-                ax.plot(xs, sps.gaussian_kde(ys)(xs), color=color, ls=ls, label=f"{label} (n={len(ys)})")
+                ax.plot(xs, _kde(ys, xs), color=color, ls=ls, label=f"{label} (n={len(ys)})")
                 kinds.add("kde")
         ax.set_xlim(x0, x1)
         ax.set_title(_title(a, t), fontsize=9)
         ax.set_ylabel("density", fontsize=8)
-        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+        if any(len(v) > 1 for v in scales_of.values()) or "line" in kinds:
+            ax.legend(fontsize=6)
+    _legend(fig, a, colors, a.columns)
     fig.suptitle(f"Score distribution by method and trainable-parameter scale (KDE from {MIN_KDE_RUNS} runs, "
                  "else a histogram; clipped to the metric's range)", fontsize=9)
-    return _finish(fig, path)
+    return _finish(fig, path, rect=(0, 0.04, 1, 1))
 
 
 def spread(a: Analysis, path: str | os.PathLike | None = None, x: str = "steps",

@@ -10,6 +10,7 @@ record: the record itself is embedded (``#run=<run_key>`` shows it) and, where t
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -28,7 +29,7 @@ th,td{padding:.2em .6em;border-bottom:1px solid #e4e4e4;text-align:right}
 th:first-child,td:first-child{text-align:left}
 tr.section td{font-style:italic;font-weight:600;background:#f6f6f6;text-align:left}
 ul.notes{font-size:.85em;color:#444}
-figure{margin:1em 0}figure svg{max-width:100%;height:auto}
+figure{margin:1em 0}figure svg,figure img{max-width:100%;height:auto}
 #filters label{margin-right:1em}#filters select{margin-left:.3em}
 #points td.score{font-variant-numeric:tabular-nums}
 #record-view{background:#f6f6f6;padding:1em;max-height:30em;overflow:auto;font-size:.8em}
@@ -161,14 +162,15 @@ def _record_link(rec: Mapping[str, Any], out: Path) -> str:
 
 
 def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str, Any]],
-               figures: Mapping[str, Any], out: str | os.PathLike, title: str | None = None) -> str:
+               figures: Mapping[str, tuple[str, bytes] | None], out: str | os.PathLike, title: str | None = None) -> str:
     """The study page's HTML.
 
     Args:
         a: the analysis the tables came from.
         grids: the tables, in page order.
         records: the complete records reported (embedded; each point links to its own).
-        figures: file stem -> matplotlib figure (or None), from :func:`pl_petune.figures.draw_all`.
+        figures: file stem -> ``(format, bytes)`` of the rendered figure (``svg`` is inlined, ``png`` embedded
+            as base64), or None for a figure not drawn.
         out: the folder the page is written to (run folders are linked relative to it).
         title: the page title (default: the folder's name).
     """
@@ -199,7 +201,13 @@ def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str
         if fig is None:
             body.append(f'<p class="muted">{_esc(name)}: not drawn ({_esc(figs.WHY_EMPTY.get(name, "nothing to draw"))})</p>')
             continue
-        body.append(f'<figure id="fig-{_esc(name)}">{figs.svg_text(fig)}<figcaption>{_esc(name)}</figcaption></figure>')
+        fmt, data = fig
+        if fmt == "svg":
+            text = data.decode("utf-8")
+            inner = text[text.index("<svg"):]
+        else:
+            inner = f'<img alt="{_esc(name)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+        body.append(f'<figure id="fig-{_esc(name)}">{inner}<figcaption>{_esc(name)}</figcaption></figure>')
     body.append("<h2>Per-seed scores</h2>")
     body.append('<div id="filters">' + options("task", tasks) + options("method", methods)
                 + options("protocol", protocols) + options("seed", seeds)

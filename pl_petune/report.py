@@ -241,16 +241,23 @@ def main(argv: list[str]) -> int:
         from pl_petune import figures
 
         drawn = figures.draw_all(analysis, spread_x=args.spread_x)
+        page_fmt = "svg" if "svg" in formats else "png"
+        page_figs: dict[str, tuple[str, bytes] | None] = {}
         for name, fig in drawn.items():
             if fig is None:
                 skipped.append(name)
+                page_figs[name] = None
                 continue
-            for fmt in figure_formats:
-                written.append(figures.save(fig, out / f"{name}.{fmt}"))
+            for fmt in dict.fromkeys([*figure_formats, *([page_fmt] if "html" in formats else [])]):
+                data = figures.render(fig, fmt)  # rendered once per format: a file and the page share it
+                if fmt in figure_formats:
+                    written.append(figures.write_bytes(data, out / f"{name}.{fmt}"))
+                if fmt == page_fmt:
+                    page_figs[name] = (fmt, data)
         if "html" in formats:
             from pl_petune.html_report import study_page
 
-            atomic_write_text(out / "study.html", study_page(analysis, grids, records, drawn, out))
+            atomic_write_text(out / "study.html", study_page(analysis, grids, records, page_figs, out))
             written.append(out / "study.html")
         figures.close_all(drawn)
     from pl_petune.figures import _umask
