@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# the synthetic records of the statistics tests (tests/stats/stats_records.py) serve these tests too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stats"))
 
 
 @pytest.fixture(autouse=True)
