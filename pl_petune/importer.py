@@ -128,7 +128,8 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
     if any("State" in r for _, r in raw):
         kept = [(i, r) for i, r in raw if str(r.get("State", "")).strip().lower() == "finished"]
         if len(kept) < len(raw):
-            states = Counter(str(r.get("State")) for _, r in raw if (i, r) not in kept)
+            states = Counter(str(r.get("State")) for _, r in raw
+                             if str(r.get("State", "")).strip().lower() != "finished")
             notes.append("skipped " + ", ".join(f"{n} {s}" for s, n in states.items()) + " W&B run(s) (State not finished)")
         raw = kept
     long = any("metric" in r or "value" in r for _, r in raw)
