@@ -46,6 +46,7 @@ WHY_EMPTY = {
     "upper_bound": "no method shares a task with the baseline",
 }
 plt.rcParams["svg.fonttype"] = "none"  # text stays text in SVG: smaller files, searchable labels
+plt.rcParams["svg.hashsalt"] = "pl_petune"  # fixed element ids: the same analysis gives the same SVG bytes
 
 
 def palette(a: Analysis) -> dict[str, tuple]:
