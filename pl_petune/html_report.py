@@ -3,7 +3,8 @@
 The page holds the report's tables, its figures inlined as SVG, and every run's per-seed score with filters
 by task, method (column), protocol and seed, in plain JavaScript with no network access (no CDN, no fonts,
 no images to fetch): it opens from a file, a mail attachment or a static web server alike. The filter state
-lives in the URL hash (``#task=cb&method=LoRA``), so a filtered view can be linked. Each run links to its
+lives in the URL hash (``#view=points&task=CB&method=LoRA``; ``view=points`` shows only the per-seed part), so a
+filtered view can be linked. Each run links to its
 record: the record itself is embedded (``#run=<run_key>`` shows it) and, where the run's folder is known, to
 ``record.json`` in it.
 """
@@ -34,6 +35,7 @@ figure{margin:1em 0}figure svg,figure img{max-width:100%;height:auto}
 #points td.score{font-variant-numeric:tabular-nums}
 #record-view{background:#f6f6f6;padding:1em;max-height:30em;overflow:auto;font-size:.8em}
 .muted{color:#777}
+body.focus-points .report-part{display:none}
 """
 
 _JS = r"""
@@ -61,6 +63,8 @@ _JS = r"""
       view.hidden = false;
       document.getElementById("record-key").textContent = run;
     } else { view.hidden = true; document.getElementById("record-key").textContent = "none"; }
+    document.body.classList.toggle("focus-points", params.get("view") === "points");
+    if (run) document.getElementById("record-section").scrollIntoView();
   }
   function apply(){
     const st = state();
@@ -112,7 +116,7 @@ _JS = r"""
   }
   FIELDS.forEach(f => sel[f].addEventListener("change", () => {
     const st = state();
-    const params = new URLSearchParams(st);
+    const params = new URLSearchParams(Object.assign({view: "points"}, st));
     history.replaceState(null, "", "#" + params.toString());
     apply();
   }));
@@ -188,13 +192,18 @@ def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str
         opts = "".join(f'<option value="{_esc(v)}">{_esc(v)}</option>' for v in values)
         return (f'<label>{field} <select id="f-{field}"><option value="">all</option>{opts}</select></label>')
 
+    def method(c: Any) -> str:  # the protocol has a filter of its own
+        return s.rename.get(c.method, c.method) + (f" ({c.variant})" if c.variant else "")
+
     tasks = list(dict.fromkeys(a.task_label(t) for t, _, _ in points))
-    methods = list(dict.fromkeys(a.label(c) for _, c, _ in points))
+    methods = list(dict.fromkeys(method(c) for _, c, _ in points))
     protocols = sorted({c.protocol for _, c, _ in points})
     seeds = sorted({_seed_text(o) for _, _, o in points}, key=lambda v: (len(v), v))
     body = [f"<h1>{_esc(title)}</h1>",
             f'<p class="muted">{len(records)} runs, {len(a.tasks)} tasks, {len(a.columns)} columns. '
-            f"{_esc(s.describe())}</p>", "<h2>Tables</h2>"]
+            f"{_esc(s.describe())}</p>",
+            '<p class="muted"><a href="#view=points">only the per-seed scores</a> · <a href="#">everything</a></p>',
+            '<div class="report-part"><h2>Tables</h2>']
     body += [grid_html(g) for g in grids]
     body.append("<h2>Figures</h2>")
     for name, fig in figures.items():
@@ -208,7 +217,8 @@ def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str
         else:
             inner = f'<img alt="{_esc(name)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
         body.append(f'<figure id="fig-{_esc(name)}">{inner}<figcaption>{_esc(name)}</figcaption></figure>')
-    body.append("<h2>Per-seed scores</h2>")
+    body.append("</div>")
+    body.append('<h2 id="per-seed">Per-seed scores</h2>')
     body.append('<div id="filters">' + options("task", tasks) + options("method", methods)
                 + options("protocol", protocols) + options("seed", seeds)
                 + ' <span class="muted"><span id="shown-count"></span> of ' + str(len(points)) + " runs shown</span></div>")
@@ -219,14 +229,15 @@ def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str
         score = o.score * s.scale
         rec = by_key.get(o.run_key, {})
         body.append(
-            f'<tr data-task="{_esc(a.task_label(t))}" data-method="{_esc(a.label(c))}" data-protocol="{_esc(c.protocol)}"'
+            f'<tr data-task="{_esc(a.task_label(t))}" data-method="{_esc(method(c))}" data-protocol="{_esc(c.protocol)}"'
             f' data-seed="{_esc(_seed_text(o))}" data-score="{score:.6g}" data-color="{_hex(colors[c.method])}">'
             f"<td>{_esc(a.task_label(t))}</td><td>{_esc(a.label(c))}</td><td>{_esc(c.protocol)}</td>"
             f"<td>{_esc(o.init_seed)}</td><td>{_esc(o.data_seed)}</td>"
             f'<td class="score">{score:.{s.digits + 2}f}</td>'
             f'<td><a href="#run={_esc(o.run_key)}">{_esc(o.run_key)}</a>{_record_link(rec, out)}</td></tr>')
     body.append("</tbody></table>")
-    body.append('<h2>Run record: <code id="record-key">none</code></h2><pre id="record-view" hidden></pre>')
+    body.append('<h2 id="record-section">Run record: <code id="record-key">none</code></h2>'
+                '<pre id="record-view" hidden></pre>')
     blob = json.dumps(_clean(by_key), sort_keys=True, default=str, allow_nan=False).replace("</", "<\\/")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_esc(title)}</title>"

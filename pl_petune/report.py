@@ -241,7 +241,7 @@ def main(argv: list[str]) -> int:
         from pl_petune import figures
 
         drawn = figures.draw_all(analysis, spread_x=args.spread_x)
-        page_fmt = "svg" if "svg" in formats else "png"
+        page_fmt = "svg"  # the page inlines vector figures
         page_figs: dict[str, tuple[str, bytes] | None] = {}
         for name, fig in drawn.items():
             if fig is None:
