@@ -20,7 +20,8 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from pl_petune.records import test_score
+from pl_petune.record_checks import METRIC_RANGES, check_score
+from pl_petune.records import RecordError, test_score
 
 TESTS = ("welch", "student", "paired", "mannwhitney", "wilcoxon")
 ALTERNATIVES = ("one-sided", "two-sided")
@@ -168,6 +169,11 @@ def observations(records: Sequence[Mapping[str, Any]], group_by: Sequence[str] =
                 raise ValueError(f"run {rec.get('run_key')!r} ({task}) has no test/{metric}, its primary metric; "
                                  f"it has: {have}")
             score = test_score(rec)
+        if metric in METRIC_RANGES:  # a percent from an old store or another source must not print as 7000.0
+            try:
+                check_score(metric, score, f"run {rec.get('run_key')!r} ({task}) test/{metric}")
+            except RecordError as err:
+                raise ValueError(str(err)) from None
         if seen.setdefault(task, (metric, hib)) != (metric, hib):
             raise ValueError(f"task {task!r} has records with metric/direction {seen[task]} and {(metric, hib)}; "
                              f"a table compares one metric per task (name one: --headline {task}=METRIC)")

@@ -140,3 +140,20 @@ def test_group_by_a_field_some_runs_have(tmp_path, capsys):
                      "--group-by", "hparams.lora_r"]) == 0
     md = (tmp_path / "r" / "table2.md").read_text()
     assert "lora (lora_r=8)" in md and "lora (lora_r=16)" in md
+
+
+def test_a_percent_score_already_in_a_store_is_refused_not_printed(tmp_path, capsys):
+    import json
+    import sqlite3
+
+    store = _put(tmp_path / "s.sqlite", [make_record("cb", "finetune", 0.7, s) for s in (1, 2)])
+    db = sqlite3.connect(store)  # a record filed by an older pl_petune, before put checked ranges
+    (key, blob), = db.execute("SELECT run_key, record FROM runs LIMIT 1").fetchall()
+    rec = json.loads(blob)
+    rec["test_metrics"]["test/f1_macro"] = 70.0
+    db.execute("UPDATE runs SET record=? WHERE run_key=?", (json.dumps(rec), key))
+    db.commit()
+    db.close()
+    assert cli_main(["report", "--store", str(store), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"run '{key}' (cb) test/f1_macro = 70 is outside f1_macro's range [0, 1]" in err and err.count("\n") == 1
