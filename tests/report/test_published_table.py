@@ -75,3 +75,12 @@ def test_csv_and_latex_agree_and_name_test_n_and_spread(reported):
 def test_docs_copy_of_the_per_seed_file_is_current(tmp_path):
     committed = Path(__file__).resolve().parents[2] / "docs" / "results" / "revisiting_table2" / "table2_per_seed.csv"
     assert committed.read_text() == pub.write_csv(tmp_path / "x.csv").read_text()
+
+
+def test_independent_task_formula_matches_one_published_band_spread_of_fifteen():
+    import numpy as np
+
+    hits = [(band, col) for band, tasks in pub.BANDS.items() for j, col in enumerate(pub.COLUMNS)
+            if round(float(np.sqrt(sum(pub.PUBLISHED[t][j][1] ** 2 for t in tasks)) / len(tasks)), 2)
+            == pub.PUBLISHED[f"Avg. ({band})"][j][1]]
+    assert hits == [("Low", "FT")]  # what docs/reports.md says
