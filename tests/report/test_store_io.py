@@ -199,3 +199,12 @@ def test_forget_a_stale_run_and_a_repeated_key(tmp_path, capsys):
         store.forget(["live"])
     key = store.records()[0]["run_key"]
     assert store.forget([key, key]) == [key]
+
+
+def test_reading_a_store_leaves_no_side_files(tmp_path, capsys):
+    store = Store(tmp_path / "s.sqlite")
+    store.put(make_record("cb", "finetune", 0.5, 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]
+    assert cli_main(["runs", "--store", str(tmp_path / "s.sqlite")]) == 0
+    assert cli_main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r"), "--format", "md"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "s.sqlite"], "a reader left -wal/-shm files"
