@@ -133,6 +133,12 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
             notes.append("skipped " + ", ".join(f"{n} {s}" for s, n in states.items()) + " W&B run(s) (State not finished)")
         raw = kept
     long = any("metric" in r or "value" in r for _, r in raw)
+    if not any("State" in r for _, r in raw):  # a plain file (not W&B): a misspelt column would be dropped silently
+        known = {*ID_FIELDS, *METRIC_RANGES, *(f"test/{m}" for m in METRIC_RANGES)}
+        odd = [c for _, r in raw for c in r if c not in known]
+        if odd:
+            raise ImportFileError(f"{path}: column {odd[0]!r} is neither a field ({', '.join(ID_FIELDS)}) nor a "
+                                  f"metric ({', '.join(METRIC_RANGES)}); rename or remove it")
     errors: list[str] = []
     scores: list[tuple[int, dict[str, Any], str, float, bool]] = []  # line, identity, metric, value, pct
     for line, row in raw:

@@ -84,7 +84,10 @@ class Store:
         elif readonly:
             raise StoreError(f"no results store at {str(self.path)!r}; pass the path of a results store")
         else:
-            self._create()
+            try:
+                self._create()
+            except (OSError, sqlite3.Error) as err:
+                raise StoreError(f"cannot create a results store at {str(self.path)!r} ({err})") from None
 
     # ---- opening ---------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -178,11 +181,16 @@ class Store:
         if self.readonly:
             raise StoreError(f"store {str(self.path)!r} was opened read-only")
         if not self.path.exists():
-            self._create()
+            try:
+                self._create()
+            except (OSError, sqlite3.Error) as err:
+                raise StoreError(f"cannot create a results store at {str(self.path)!r} ({err})") from None
         try:
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.OperationalError as err:
+            raise StoreError(f"store {str(self.path)!r} cannot be written ({err})") from None
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a pl_petune results store ({err})") from None
         return db
@@ -194,6 +202,11 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            # read-only file or media, a full disk, a lock held past the timeout: one line, nothing written
+            raise StoreError(f"store {str(self.path)!r} cannot be written ({err}); nothing was written") from None
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")

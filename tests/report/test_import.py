@@ -148,3 +148,42 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
                      "--store", str(tmp_path / "s.sqlite")]) == 0
     assert "would import 5 records" in capsys.readouterr().out
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_a_misspelt_column_is_refused_not_dropped(tmp_path, capsys):
+    text = "task,method,seed,accuracy,f1_macr\ncb,finetune,1,0.7,0.6\n"
+    assert cli_main(["import", str(_write(tmp_path, text)), "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "column 'f1_macr' is neither a field" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_import_into_a_read_only_store_is_one_line(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path / "s.sqlite"
+    Store(store).put(make_record("rte", "lora", 0.7, 1))
+    os.chmod(store, 0o444)
+    src = _write(tmp_path, GOOD)
+    cmd = [sys.executable, "-m", "pl_petune", "import", str(src), "--unit", "percent", "--store", str(store)]
+    if os.geteuid() == 0:  # root writes through file modes: run as nobody on a copy nobody can read
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp())
+        os.chmod(root, 0o755)
+        shutil.copy(store, root / "s.sqlite")
+        shutil.copy(src, root / "scores.csv")
+        os.chmod(root / "s.sqlite", 0o444)
+        os.chmod(root / "scores.csv", 0o444)
+        os.chmod(root, 0o555)
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "pl_petune",
+               "import", str(root / "scores.csv"), "--unit", "percent", "--store", str(root / "s.sqlite")]
+        store = root / "s.sqlite"
+    before = store.read_bytes()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MPLCONFIGDIR": str(tmp_path)})
+    assert proc.returncode == 2 and "cannot be written" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert store.read_bytes() == before
