@@ -543,7 +543,8 @@ def table3(a: Analysis) -> Grid:
         g.rows.append(row)
     g.notes.append(a.settings.describe().replace("↑/↓: significantly better/worse.",
                                                  "↗/→/↘: better / no significant difference / worse."))
-    g.notes.append("Each band compares per-seed band averages over the tasks both methods have; n/a: no test.")
+    g.notes.append("Each band compares per-seed band averages over the tasks both methods have (n = seeds those "
+                   "tasks share, as in Table 2's band rows; the CSV has each p-value); n/a: no test.")
     if any(c.leaky and a.baseline_of.get(c) is not None for c in a.columns):
         g.notes.append(LEAKY_NOTE)
     return g
@@ -606,6 +607,9 @@ def upper_bound(a: Analysis) -> Grid:
         g.rows.append(row)
     g.notes.append("100 x (best(method) - best(baseline)) / |best(baseline)|, sign flipped for lower-is-better "
                    "metrics; best = max over seeds (min when lower is better).")
+    ns = Counter(len(obs) for obs in a.cells.values())
+    g.notes.append("n per cell (runs the best is taken over): " + ", ".join(
+        f"{n} in {k} cell{'s' if k > 1 else ''}" for n, k in sorted(ns.items())) + ".")
     if any(c.leaky for c in cols):
         g.notes.append(LEAKY_NOTE)
     return g
