@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping
