@@ -19,6 +19,7 @@ TOOLS = {
     "runs": "pl_petune.runs:main",
     "index": "pl_petune.index:main",
     "report": "pl_petune.report:main",
+    "import": "pl_petune.importer:main",
     "features": "pl_petune.features:main",
     "recipes": "pl_petune.recipes_cli:main",
     "export": "pl_petune.export:main",

@@ -14,15 +14,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from pl_petune.cli import UsageError
 from pl_petune.records import atomic_write_text
 from pl_petune.stats.core import ALTERNATIVES, TESTS, observations
-from pl_petune.stats.tables import Settings, analyze, table2, table3, table4, to_csv, to_latex, to_markdown, upper_bound
+from pl_petune.stats.tables import (
+    HEADLINES, Settings, analyze, table2, table3, table4, to_csv, to_latex, to_markdown, upper_bound,
+)
 
-FORMATS = ("md", "csv", "tex", "png")
+FORMATS = ("md", "csv", "tex", "png", "svg", "pdf", "html")
+DEFAULT_FORMATS = "md,csv,tex,png,pdf"
 SPREAD_X = ("steps", "train_size")
 
 
@@ -37,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="append", default=None, metavar="ENTITY/PROJECT[/SWEEP_ID]",
                    help="read the records `petune fit` logged to these W&B runs too (online; repeatable)")
     p.add_argument("--out", default="reports", help="output folder (created)")
-    p.add_argument("--format", default="md,csv,tex,png", help="comma-separated subset of: " + ", ".join(FORMATS))
+    p.add_argument("--format", default=DEFAULT_FORMATS,
+                   help="comma-separated subset of: " + ", ".join(FORMATS) + " (png/svg/pdf: the figures; html: one "
+                        "self-contained study page, study.html)")
     p.add_argument("--baseline", default=None,
                    help="column every other is tested against (default: finetune, else FT / Full-FT)")
     p.add_argument("--columns", default="name", choices=("name", "method"),
@@ -55,7 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", action="append", default=[], metavar="PATH",
                    help="split columns by a record field, e.g. hparams.lora_r (repeatable)")
     p.add_argument("--spread-x", default="steps", help="x axis of fig_spread: steps or train_size")
-    p.add_argument("--digits", type=int, default=1, help="decimals printed (the paper's layout: 1)")
+    p.add_argument("--digits", default="1", help="decimals printed, 0..6 (the paper's layout: 1; its Table 2: 2)")
+    p.add_argument("--order", default=None, metavar="A,B,...",
+                   help="column order, by the columns' names before --rename (default: the baseline, then the "
+                        "paper's FT, Adapter, PT, LoRA, BitFit, then the rest)")
+    p.add_argument("--rename", action="append", default=[], metavar="NAME=LABEL",
+                   help="print column NAME as LABEL, e.g. prefix=PT (repeatable)")
+    p.add_argument("--headline", action="append", default=[], metavar="TASK=METRIC|PRESET",
+                   help="the metric a task's cells report, e.g. stsb=spearman (repeatable), or a paper's preset: "
+                        + ", ".join(HEADLINES))
+    p.add_argument("--task-labels", default="paper",
+                   help="row labels: paper (CB, STS-B, BoolQ, ...) or name (the registry names cb, stsb, ...)")
     return p
 
 
@@ -91,7 +107,7 @@ def _read_records(stores: list[str] | None, wandb_paths: list[str] | None,
         if not path.is_file():
             raise UsageError(f"store {str(path)!r} does not exist; pass --store PATH of a results store")
         try:
-            sources.append(Store(path).records())
+            sources.append(Store(path, readonly=True).records())
         except StoreError as err:
             raise UsageError(str(err)) from None
     for wpath in wandb_paths or []:
@@ -106,30 +122,98 @@ def _read_records(stores: list[str] | None, wandb_paths: list[str] | None,
     return records
 
 
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        k, sep, val = v.partition("=")
+        if not sep or not k.strip() or not val.strip():
+            raise UsageError(f"{flag} {v!r} is not NAME=VALUE")
+        out[k.strip()] = val.strip()
+    return out
+
+
+def _headlines(values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        if "=" not in v:
+            if v not in HEADLINES:
+                raise UsageError(f"--headline {v!r} is neither TASK=METRIC nor a preset; presets: {', '.join(HEADLINES)}")
+            out.update(HEADLINES[v])
+        else:
+            out.update(_pairs([v], "--headline"))
+    from pl_petune.stats.core import headline_metric
+
+    for task, metric in out.items():
+        try:
+            headline_metric(task, metric)
+        except ValueError as err:
+            raise UsageError(f"--headline {task}={metric}: {err}") from None
+    return out
+
+
+def _check_group_by(records: list[dict], paths: list[str]) -> None:
+    from pl_petune.stats.core import lookup
+
+    for path in paths:
+        if all(lookup(r, path) is None for r in records):
+            top = sorted({k for r in records for k in r})
+            hp = sorted({f"hparams.{k}" for r in records for k in (r.get("hparams") or {})})
+            raise UsageError(f"--group-by {path!r}: no run has this field; fields: {', '.join(hp + top)}")
+
+
+def _out_dir(value: str) -> Path:
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {value!r} is a file, not a folder; pass a folder for the tables and figures")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {value!r}: {str(parent)!r} is a file, not a folder")
+            break
+    return out
+
+
 def main(argv: list[str]) -> int:
     """Run ``petune report``; returns the exit code (user errors raise :class:`UsageError`)."""
     args = _parser().parse_args(argv)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if not formats:
+        raise UsageError(f"--format {args.format!r} names no format; choose from: {', '.join(FORMATS)}")
     for f in formats:
         _choices(f, FORMATS, "format")
     _choices(args.test, TESTS, "test")
     _choices(args.alternative, ALTERNATIVES, "alternative")
     _choices(args.spread_x, SPREAD_X, "--spread-x")
+    _choices(args.task_labels, ("paper", "name"), "--task-labels")
     try:
         alpha = float(args.alpha)
     except ValueError:
         alpha = -1.0
     if not 0 < alpha < 1:
         raise UsageError(f"alpha {args.alpha!r} must be a number in (0, 1), e.g. 0.05")
+    if not args.digits.strip().isdigit() or not 0 <= int(args.digits) <= 6:
+        raise UsageError(f"--digits {args.digits!r} must be a whole number from 0 to 6")
+    rename = _pairs(args.rename, "--rename")
+    headline = _headlines(args.headline)
+    out = _out_dir(args.out)
 
     records = _read_records(args.store, args.wandb, args.runs)
+    method_of: dict[str, str] = {}
     if args.columns == "name":
         # Two-stage methods are FullFinetune + a callback: the recipe's run.name tells LP-FT from FT.
+        for r in records:
+            method_of.setdefault(r.get("name") or r["method"], r["method"])
         records = [{**r, "method": r.get("name") or r["method"]} for r in records]
     records = _filter(records, "protocol", args.protocol)
     records = _filter(records, "task", args.task)
     records = _filter(records, "method", args.method)
+    _check_group_by(records, args.group_by)
     methods = sorted({r["method"] for r in records})
+    order = tuple(m.strip() for m in (args.order or "").split(",") if m.strip())
+    unknown = [m for m in (*order, *rename) if m not in methods]
+    if unknown:
+        flag = "--order" if unknown[0] in order else "--rename"
+        raise UsageError(f"{flag}: no column {unknown[0]!r}; the columns are: {', '.join(methods)}")
     if args.baseline is None:
         args.baseline = next((m for m in ("finetune", "FT", "Full-FT", "Finetuning (reproduce)") if m in methods),
                              "finetune")
@@ -137,34 +221,58 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"baseline {args.baseline!r} has no runs; methods in the store: {', '.join(methods)}")
 
     try:
-        obs = observations(records, group_by=args.group_by)
+        obs = observations(records, group_by=args.group_by, headline=headline)
         settings = Settings(baseline=args.baseline, test=args.test, alternative=args.alternative, alpha=alpha,
-                            holm=args.holm, ddof=args.ddof, digits=args.digits)
+                            holm=args.holm, ddof=args.ddof, digits=int(args.digits), order=order, rename=rename,
+                            method_of=method_of, task_labels=args.task_labels, headline=headline)
         analysis = analyze(obs, settings)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     from pl_petune.stats.ood import ood_table
 
     grids = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
-             ood_table(records, ddof=args.ddof, digits=args.digits)]  # None unless runs declared data.ood
+             ood_table(records, ddof=args.ddof, digits=int(args.digits))]  # None unless runs declared data.ood
+    grids = [g for g in grids if g is not None]
     written: list[Path] = []
-    for grid in (g for g in grids if g is not None):
+    out.mkdir(parents=True, exist_ok=True)
+    for grid in grids:
         for fmt, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
             if fmt in formats:
                 atomic_write_text(out / f"{grid.name}.{fmt}", render(grid))
                 written.append(out / f"{grid.name}.{fmt}")
-    if "png" in formats:
+    figure_formats = [f for f in ("png", "svg", "pdf") if f in formats]
+    skipped: list[str] = []
+    if figure_formats or "html" in formats:
         from pl_petune import figures
 
-        for name, draw in (("fig_stability", figures.stability), ("fig_density", figures.density),
-                           ("upper_bound", figures.upper_bounds)):
-            draw(analysis, out / f"{name}.png")
-            written.append(out / f"{name}.png")
-        figures.spread(analysis, out / "fig_spread.png", x=args.spread_x)
-        written.append(out / "fig_spread.png")
+        drawn = figures.draw_all(analysis, spread_x=args.spread_x)
+        page_fmt = "svg"  # the page inlines vector figures
+        page_figs: dict[str, tuple[str, bytes] | None] = {}
+        for name, fig in drawn.items():
+            if fig is None:
+                skipped.append(name)
+                page_figs[name] = None
+                continue
+            for fmt in dict.fromkeys([*figure_formats, *([page_fmt] if "html" in formats else [])]):
+                data = figures.render(fig, fmt)  # rendered once per format: a file and the page share it
+                if fmt in figure_formats:
+                    written.append(figures.write_bytes(data, out / f"{name}.{fmt}"))
+                if fmt == page_fmt:
+                    page_figs[name] = (fmt, data)
+        if "html" in formats:
+            from pl_petune.html_report import study_page
+
+            atomic_write_text(out / "study.html", study_page(analysis, grids, records, page_figs, out))
+            written.append(out / "study.html")
+        figures.close_all(drawn)
+    from pl_petune.figures import _umask
+
+    for path in written:  # atomic_write_text's mkstemp leaves 0600; reports are shared files
+        os.chmod(path, 0o666 & ~_umask())
     print(to_markdown(grids[0]))
+    if skipped:
+        print(f"petune report: no figure {', '.join(skipped)} (nothing to draw: " +
+              "; ".join(figures.WHY_EMPTY[n] for n in skipped) + ")", file=sys.stderr)
     print(f"wrote {len(written)} files to {out}/ from {len(obs)} runs")
     return 0

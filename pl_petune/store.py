@@ -105,7 +105,10 @@ class Store:
         elif readonly:
             raise StoreError(f"no results store at {str(self.path)!r}; pass the path of a results store")
         else:
-            self._create()
+            try:
+                self._create()
+            except (OSError, sqlite3.Error) as err:
+                raise StoreError(f"cannot create a results store at {str(self.path)!r} ({err})") from None
 
     # ---- opening ---------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -115,10 +118,12 @@ class Store:
         if self.path.stat().st_size == 0:
             raise StoreError(f"{str(self.path)!r} is an empty file (0 bytes), not a pl_petune results store; "
                              "delete it, or pass the path of a store")
+        side = [Path(f"{self.path}-wal"), Path(f"{self.path}-shm")]
+        fresh = not any(p.exists() for p in side)
         db = self._connect_ro()
         try:
             tables = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
-            if "meta" not in tables or "runs" not in tables:
+            if "meta" not in tables:
                 raise StoreError(f"{str(self.path)!r} is not a pl_petune results store (a SQLite database with "
                                  f"tables: {', '.join(tables) or 'none'}; a store has meta and runs); it was "
                                  "not modified")
@@ -127,6 +132,8 @@ class Store:
             raise StoreError(f"{str(self.path)!r} is not a pl_petune results store ({err})") from None
         finally:
             db.close()
+        if row is not None and fresh:
+            self._tidy(side)
         if row is None:
             raise StoreError(f"{str(self.path)!r} is not a pl_petune results store (no store_schema in its meta table)")
         if int(row[0]) > STORE_SCHEMA:
@@ -134,6 +141,8 @@ class Store:
                 f"store {self.path} has schema {row[0]}, newer than this pl_petune's {STORE_SCHEMA}; "
                 "upgrade pl_petune to read it"
             )
+        if "runs" not in tables:
+            raise StoreError(f"{str(self.path)!r} is not a pl_petune results store (it has no runs table)")
 
     def _connect_ro(self) -> sqlite3.Connection:
         """A connection that cannot write. On read-only media a WAL store cannot make its ``-shm`` file, so it
@@ -193,11 +202,16 @@ class Store:
         if self.readonly:
             raise StoreError(f"store {str(self.path)!r} was opened read-only")
         if not self.path.exists():
-            self._create()
+            try:
+                self._create()
+            except (OSError, sqlite3.Error) as err:
+                raise StoreError(f"cannot create a results store at {str(self.path)!r} ({err})") from None
         try:
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.OperationalError as err:
+            raise StoreError(f"store {str(self.path)!r} cannot be written ({err})") from None
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a pl_petune results store ({err})") from None
         return db
@@ -209,6 +223,11 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            # read-only file or media, a full disk, a lock held past the timeout: one line, nothing written
+            raise StoreError(f"store {str(self.path)!r} cannot be written ({err}); nothing was written") from None
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -379,22 +398,37 @@ class Store:
 
     # ---- helpers --------------------------------------------------------------------------------
     def _one(self, query: str, args: tuple) -> tuple | None:
-        if not self.path.exists():
-            return None
-        db = self._connect_ro()
-        try:
-            return db.execute(query, args).fetchone()
-        finally:
-            db.close()
+        rows = self._all(query, args)
+        return rows[0] if rows else None
 
     def _all(self, query: str, args: tuple = ()) -> list[tuple]:
         if not self.path.exists():
             return []
+        side = [Path(f"{self.path}-wal"), Path(f"{self.path}-shm")]
+        fresh = not any(p.exists() for p in side)
         db = self._connect_ro()
         try:
             return db.execute(query, args).fetchall()
         finally:
             db.close()
+            if fresh:
+                self._tidy(side)
+
+    def _tidy(self, side: list[Path]) -> None:
+        """Remove the empty ``-wal``/``-shm`` files a read-only reader of a WAL store leaves behind (it cannot
+        delete them itself): the last connection to close does, so one is opened and closed. Skipped where
+        the folder is not writable (read-only media) or a writer is active (its files are not ours to touch)."""
+        wal = side[0]
+        if not (wal.exists() and wal.stat().st_size == 0 and os.access(self.path.parent, os.W_OK)):
+            return
+        try:
+            db = sqlite3.connect(self.path, timeout=0.1)
+            try:
+                db.execute("SELECT count(*) FROM meta").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            pass
 
 
 __all__ = ["Store", "StoreError", "RecordError", "default_store_path", "DEFAULT_STORE", "ENV_STORE"]

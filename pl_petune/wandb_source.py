@@ -16,6 +16,7 @@ import json
 from typing import Any, Iterable, Optional
 
 from pl_petune.errors import PetuneError
+from pl_petune.record_checks import check_complete
 from pl_petune.records import validate
 
 SUMMARY_KEY = "petune/record"
@@ -70,6 +71,8 @@ def records_from_wandb(path: str, api: Optional[Any] = None) -> tuple[list[dict[
         try:
             record = json.loads(blob)
             validate(record)
+            if record["status"] == "complete":
+                check_complete(record)
         except ValueError as err:  # bad JSON, or a RecordError (a ValueError too)
             raise WandbSourceError(f"W&B run {getattr(run, 'path', run)!r}: its {SUMMARY_KEY} is not a valid "
                                    f"record ({err})") from None

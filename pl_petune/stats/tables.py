@@ -13,7 +13,7 @@ import io
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pl_petune.stats.core import (
     ALTERNATIVES, REGIMES, TESTS, BandAverage, Column, Comparison, Obs, band_average, best, compare, decide,
@@ -22,6 +22,56 @@ from pl_petune.stats.core import (
 
 BANDS = ("low", "medium", "high")
 BAND_TITLES = {"low": "Low", "medium": "Medium", "high": "High", None: "Other"}
+# The paper's column order (Revisiting PETuning, Table 2: FT, Adapter, PT, LoRA, BitFit), by registry name and
+# by the labels recipes and imports give them; other columns follow alphabetically.
+METHOD_ORDER = ("finetune", "adapter", "prefix", "lora", "bitfit")
+METHOD_ALIASES = {"ft": "finetune", "full-ft": "finetune", "fine-tuning": "finetune", "pt": "prefix",
+                  "prefix tuning": "prefix", "prefix-tuning": "prefix"}
+# Headline metric per task of each paper's main table (REFERENCE.md section 10); a study names its own with
+# ``petune report --headline TASK=METRIC`` or one of these presets.
+HEADLINES: dict[str, dict[str, str]] = {
+    "revisiting": {"cb": "f1_macro", "mrpc": "f1", "stsb": "pearson", "qqp": "accuracy", "cola": "mcc"},
+    "modulewise": {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "spearman"},
+}
+METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "f1_macro": "macro-F1", "mcc": "Matthews corr.",
+                 "pearson": "Pearson corr.", "spearman": "Spearman corr."}
+
+
+def task_label(task: str) -> str:
+    """The name papers print for ``task``: the benchmark's own spelling (``CB``, ``STS-B``, ``BoolQ``), read
+    from the registry's data folder; ``glue_rte`` is ``RTE (GLUE)`` and ``mnli_mm`` ``MNLI-mm``."""
+    from pl_petune.tasks import TASKS
+
+    if task == "mnli_mm":
+        return "MNLI-mm"
+    spec = TASKS.get(task)
+    if spec is None or "dir" not in spec.local:
+        return task
+    label = str(spec.local["dir"]).rstrip("/").split("/")[-1]
+    return f"{label} (GLUE)" if task == "glue_rte" else label
+
+
+def _registry() -> Mapping[str, Any]:
+    from pl_petune.tasks import TASKS
+
+    return TASKS
+
+
+def _registry_size(task: str) -> float:
+    from pl_petune.tasks import TASKS
+
+    return float(TASKS[task].n_train) if task in TASKS else math.inf
+
+
+def method_rank(label: str, method: str | None = None) -> int:
+    """Position of a column in the paper's order (``len(METHOD_ORDER)`` for columns it does not have)."""
+    for name in (method, label):
+        if name is None:
+            continue
+        key = METHOD_ALIASES.get(name.lower(), name.lower())
+        if key in METHOD_ORDER:
+            return METHOD_ORDER.index(key)
+    return len(METHOD_ORDER)
 TEST_NAMES = {
     "welch": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False)",
     "student": "Student's t-test (scipy.stats.ttest_ind, equal_var=True)",
@@ -48,6 +98,11 @@ class Settings:
         alpha: significance level. holm: Holm-adjust p-values within each table's family of comparisons.
         ddof: std's delta degrees of freedom (1: sample std). scale: printed score multiplier (100).
         digits: decimals printed.
+        order: column names (as the records label them) in the order to print; columns not named follow.
+            Default: the baseline, then the paper's order (FT, Adapter, PT, LoRA, BitFit), then the rest.
+        rename: column name -> printed label. method_of: column name -> registry method (for the order).
+        task_labels: ``paper`` (CB, STS-B, ...) or ``name`` (the registry names, cb, stsb, ...).
+        headline: task -> metric the study reports (named in the notes).
     """
 
     baseline: str = "finetune"
@@ -58,6 +113,11 @@ class Settings:
     ddof: int = 1
     scale: float = 100.0
     digits: int = 1
+    order: tuple[str, ...] = ()
+    rename: Mapping[str, str] = field(default_factory=dict)
+    method_of: Mapping[str, str] = field(default_factory=dict)
+    task_labels: str = "paper"
+    headline: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -66,6 +126,10 @@ class Settings:
             raise ValueError(f"unknown alternative {self.alternative!r}; known: {', '.join(ALTERNATIVES)}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha {self.alpha} must lie in (0, 1)")
+        if self.task_labels not in ("paper", "name"):
+            raise ValueError(f"task labels {self.task_labels!r} unknown; known: paper, name")
+        if not 0 <= self.digits <= 6:
+            raise ValueError(f"digits {self.digits} must lie in 0..6")
 
     @property
     def paired(self) -> bool:
@@ -74,7 +138,8 @@ class Settings:
     def describe(self) -> str:
         side = ("one-tailed: each alternative (better, worse) accepted at p < alpha" if self.alternative == "one-sided"
                 else "two-sided")
-        return (f"Test against `{self.baseline}`: {TEST_NAMES[self.test]}, {side}, alpha = {self.alpha}"
+        return (f"Test against `{self.rename.get(self.baseline, self.baseline)}`: {TEST_NAMES[self.test]}, {side}, "
+                f"alpha = {self.alpha}"
                 + (", Holm-corrected within the table" if self.holm else "") + ". ↑/↓: significantly better/worse.")
 
 
@@ -98,13 +163,17 @@ class Analysis:
     band_tasks: dict[str, list[str]] = field(default_factory=dict)
     series: dict[tuple[str, Column], dict[str, list[Obs]]] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def show_protocol(self) -> bool:
         return len({c.protocol for c in self.columns}) > 1
 
     def label(self, column: Column) -> str:
-        return column.label(self.show_protocol)
+        return column.label(self.show_protocol, self.settings.rename.get(column.method))
+
+    def task_label(self, task: str) -> str:
+        return task_label(task) if self.settings.task_labels == "paper" else task
 
     @property
     def any_leaky(self) -> bool:
@@ -130,6 +199,19 @@ def analyze(obs: Sequence[Obs], settings: Settings = Settings()) -> Analysis:
     """
     if not obs:
         raise ValueError("no complete run records to report")
+    dropped: dict[tuple[str, Column, str], list[str]] = {}
+    kept = []
+    for o in obs:
+        why = ("a NaN score" if math.isnan(o.score) else
+               "no usable seed" if any(not isinstance(x, int) or isinstance(x, bool) for x in o.seed) else "")
+        if why:
+            dropped.setdefault((o.task, o.column, why), []).append(o.run_key)
+        else:
+            kept.append(o)
+    if not kept:
+        raise ValueError("no run has a score and seeds to report: " + "; ".join(
+            f"{t}: {len(k)} with {w}" for (t, _, w), k in dropped.items()))
+    obs = kept
     raw: dict[tuple[str, Column], list[Obs]] = {}
     for o in obs:
         raw.setdefault((o.task, o.column), []).append(o)
@@ -139,11 +221,18 @@ def analyze(obs: Sequence[Obs], settings: Settings = Settings()) -> Analysis:
         if o.train_size is not None:
             size[o.task] = max(size.get(o.task, 0), o.train_size)
     band_rank = {b: i for i, b in enumerate(BANDS)}
-    tasks = sorted(band_of, key=lambda t: (band_rank.get(band_of[t], len(BANDS)), size.get(t, math.inf), t))
+    # the official train size orders tasks (as it decides the band), not a run's subsample of it
+    tasks = sorted(band_of, key=lambda t: (band_rank.get(band_of[t], len(BANDS)),
+                                           _registry_size(t) if t in _registry() else size.get(t, math.inf), t))
+    order = {name: i for i, name in enumerate(settings.order)}
     columns = sorted({c for _, c in raw},
-                     key=lambda c: (c.leaky, c.protocol, c.method != settings.baseline, c.method, c.variant))
+                     key=lambda c: (c.leaky, c.protocol, order.get(c.method, len(order)), c.method != settings.baseline,
+                                    method_rank(c.method, settings.method_of.get(c.method)), c.method, c.variant))
     a = Analysis(settings, tasks, band_of, {o.task: o.higher_is_better for o in obs}, {o.task: o.metric for o in obs},
                  columns, {}, {})
+    for (t, col, why), keys in dropped.items():
+        a.dropped.append(f"{a.task_label(t)} / {a.label(col)}: {len(keys)} run(s) with {why} left out "
+                         f"(run {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
     for key, group in raw.items():
         a.series[key] = seed_series(group)
         a.cells[key] = main_series(group)
@@ -272,12 +361,22 @@ def to_markdown(grid: Grid) -> str:
     return "\n".join(lines) + "\n"
 
 
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "↑": r"$\uparrow$",
+        "↓": r"$\downarrow$", "†": r"$^\dagger$", "↗": r"$\nearrow$", "↘": r"$\searrow$", "→": r"$\rightarrow$",
+        "–": "--", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$"}
+
+
 def _tex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("†", r"$^\dagger$"),
-                 ("↗", r"$\nearrow$"), ("↘", r"$\searrow$"), ("→", r"$\rightarrow$"), ("–", "--")):
-        s = s.replace(a, b)
-    return s
+    """LaTeX for plain text: special characters escaped, Markdown code spans (`x`) as ``\texttt{x}``."""
+    parts = s.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick is text
+        parts = [s.replace("`", "'")]
+    out = []
+    for i, part in enumerate(parts):
+        text = "".join(_TEX.get(ch, ch) for ch in part)
+        out.append(rf"\texttt{{{text}}}" if i % 2 else text)
+    return "".join(out)
 
 
 def to_latex(grid: Grid) -> str:
@@ -336,9 +435,9 @@ def table2(a: Analysis) -> Grid:
             if current in a.band_tasks:
                 partial |= _band_row(a, g, current)
             current = a.band_of[t]
-            g.section(f"{BAND_TITLES.get(current, current)}-resource" if current else "Other tasks")
-        row: list[Any] = [t]
-        nrow: list[Any] = [t]
+            g.section(f"{BAND_TITLES.get(current, current)}-Resource" if current else "Other tasks")
+        row: list[Any] = [a.task_label(t)]
+        nrow: list[Any] = [a.task_label(t)]
         for c in a.columns:
             cell = a.cells.get((t, c))
             if not cell:
@@ -350,7 +449,8 @@ def table2(a: Analysis) -> Grid:
             row.append(Value(sm.mean * s.scale, sm.std * s.scale, v, digits=s.digits))
             nrow.append(str(sm.n))
             comp = a.comparisons.get((t, c))
-            g.csv_rows.append({"row": t, "kind": "task", "band": a.band_of[t] or "", "metric": a.metric[t],
+            g.csv_rows.append({"row": a.task_label(t), "task": t, "kind": "task", "band": a.band_of[t] or "",
+                               "metric": a.metric[t], "column": a.label(c),
                                "higher_is_better": a.higher[t], "method": c.method, "protocol": c.protocol,
                                "variant": c.variant, "leaky": c.leaky, "n": sm.n, "mean": sm.mean * s.scale,
                                "std": sm.std * s.scale, "verdict": v, **_p_fields(comp)})
@@ -365,11 +465,24 @@ def table2(a: Analysis) -> Grid:
     odd = [f"{r[0]} / {a.label(c)} = {n}" for r in ncount.rows for c, n in zip(a.columns, r[1:])
            if n not in ("0", str(common))]
     g.notes.append(s.describe())
-    g.notes.append(f"n per cell: {common} seeds" + ("; except " + ", ".join(odd) if odd else " in every cell")
+    g.notes.append("Scores: " + ", ".join(f"{a.task_label(t)} {METRIC_TITLES.get(a.metric[t], a.metric[t])}"
+                                          for t in a.tasks)
+                   + (" (headline metrics named by the study: " + ", ".join(f"{k}={v}" for k, v in s.headline.items())
+                      + ")" if s.headline else "") + f"; x{s.scale:g}.")
+    g.notes.append(f"n per cell: {common} runs (seeds)" + ("; except " + ", ".join(odd) if odd else " in every cell")
                    + ". Band rows: n = seeds shared by the band's tasks.")
+    spreads: dict[str, list[str]] = {}
+    for (b, c), avg in a.bands.items():
+        if b != "all":
+            spreads.setdefault(avg.spread, []).append(f"{BAND_TITLES.get(b, b)} / {a.label(c)}")
+    how = {"per-seed": "std over seeds of the per-seed band average (seeds shared by all the band's tasks)",
+           "independent": "sqrt(sum of the task variances) / k (fewer than 2 seeds shared: tasks taken as "
+                          "independent)"}
     g.notes.append(f"Std: {'sample (ddof=1)' if s.ddof == 1 else f'ddof={s.ddof}'}. Band rows: plain mean of the "
-                   "task means; spread = std over seeds of the per-seed band average (seeds shared by the "
-                   "band's tasks), or sqrt(sum of task variances)/k when fewer than 2 seeds are shared.")
+                   "task means ± " + ("; ".join(
+                       f"{how[k]}" + (f" for {', '.join(v)}" if len(spreads) > 1 else "") for k, v in spreads.items())
+                       or "no spread") + ". Avg. (All): plain mean of every task mean, no spread or test (as the "
+                   "paper prints it; the CSV has its spread).")
     if partial:
         g.notes.append("†: averaged over fewer of the band's tasks (method missing on some); its test uses "
                        "only the tasks it shares with the baseline.")
@@ -379,6 +492,7 @@ def table2(a: Analysis) -> Grid:
     if untested:
         g.notes.append("Untested cells: " + "; ".join(untested) + ".")
     g.notes += a.duplicates
+    g.notes += a.dropped
     return g
 
 
@@ -395,8 +509,12 @@ def _band_row(a: Analysis, g: Grid, band: str) -> bool:
         mark = "†" if len(avg.tasks) < len(a.band_tasks[band]) else ""
         partial |= bool(mark)
         v = a.band_verdicts.get((band, c), 0)
-        row.append(Value(avg.mean * s.scale, avg.std * s.scale, v, mark, s.digits))
-        g.csv_rows.append({"row": label, "kind": "band", "band": band, "method": c.method, "protocol": c.protocol,
+        if band == "all":
+            row.append(Value(avg.mean * s.scale, None, 0, mark, s.digits))
+        else:
+            row.append(Value(avg.mean * s.scale, avg.std * s.scale, v, mark, s.digits))
+        g.csv_rows.append({"row": label, "kind": "band", "band": band, "column": a.label(c), "method": c.method,
+                           "protocol": c.protocol,
                            "variant": c.variant, "leaky": c.leaky, "n": avg.n, "mean": avg.mean * s.scale,
                            "std": avg.std * s.scale, "verdict": v, "tasks": " ".join(avg.tasks),
                            "spread": avg.spread, **_p_fields(a.band_comparisons.get((band, c)))})
@@ -408,7 +526,8 @@ def table3(a: Analysis) -> Grid:
     """Table 3 layout: per method and band, ↗ (significantly better than the baseline), → (no significant
     difference) or ↘ (worse), from the band rows of Table 2."""
     bands = [b for b in BANDS if b in a.band_tasks]
-    g = Grid("table3", f"Table 3: band-level comparison with {a.settings.baseline}",
+    g = Grid("table3", "Table 3: band-level comparison with "
+             f"{a.settings.rename.get(a.settings.baseline, a.settings.baseline)}",
              ["Method"] + [BAND_TITLES[b] for b in bands])
     for c in a.columns:
         if a.baseline_of.get(c) is None:
@@ -424,7 +543,8 @@ def table3(a: Analysis) -> Grid:
         g.rows.append(row)
     g.notes.append(a.settings.describe().replace("↑/↓: significantly better/worse.",
                                                  "↗/→/↘: better / no significant difference / worse."))
-    g.notes.append("Each band compares per-seed band averages over the tasks both methods have; n/a: no test.")
+    g.notes.append("Each band compares per-seed band averages over the tasks both methods have (n = seeds those "
+                   "tasks share, as in Table 2's band rows; the CSV has each p-value); n/a: no test.")
     if any(c.leaky and a.baseline_of.get(c) is not None for c in a.columns):
         g.notes.append(LEAKY_NOTE)
     return g
@@ -443,7 +563,7 @@ def table4(a: Analysis) -> Grid | None:
         for c in a.columns:
             if (t, c) not in keys:
                 continue
-            row: list[Any] = [f"{t} / {a.label(c)}"]
+            row: list[Any] = [f"{a.task_label(t)} / {a.label(c)}"]
             for regime in REGIMES:
                 ser = a.series[(t, c)].get(regime)
                 if not ser:
@@ -466,10 +586,11 @@ def upper_bound(a: Analysis) -> Grid:
     """Figure 3 as a table: best-of-seeds of each method relative to the baseline's, in percent
     (positive = better for the metric)."""
     cols = [c for c in a.columns if a.baseline_of.get(c) is not None]
-    g = Grid("upper_bound", f"Upper bounds: best of seeds relative to {a.settings.baseline} (%)",
+    g = Grid("upper_bound", "Upper bounds: best of seeds relative to "
+             f"{a.settings.rename.get(a.settings.baseline, a.settings.baseline)} (%)",
              ["Task"] + [a.label(c) for c in cols])
     for t in a.tasks:
-        row: list[Any] = [t]
+        row: list[Any] = [a.task_label(t)]
         for c in cols:
             base = a.baseline_of[c]
             mine, theirs = a.cells.get((t, c)), a.cells.get((t, base))
@@ -486,6 +607,9 @@ def upper_bound(a: Analysis) -> Grid:
         g.rows.append(row)
     g.notes.append("100 x (best(method) - best(baseline)) / |best(baseline)|, sign flipped for lower-is-better "
                    "metrics; best = max over seeds (min when lower is better).")
+    ns = Counter(len(obs) for obs in a.cells.values())
+    g.notes.append("n per cell (runs the best is taken over): " + ", ".join(
+        f"{n} in {k} cell{'s' if k > 1 else ''}" for n, k in sorted(ns.items())) + ".")
     if any(c.leaky for c in cols):
         g.notes.append(LEAKY_NOTE)
     return g

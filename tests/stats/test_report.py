@@ -32,7 +32,7 @@ def test_report_end_to_end(store, tmp_path, capsys):
     out = tmp_path / "rep"
     assert cli_main(["report", "--store", str(store), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "Table 2" in printed and "| cb |" in printed and "[leaky]" in printed
+    assert "Table 2" in printed and "| CB |" in printed and "[leaky]" in printed
     for name in ("table2", "table3", "table4", "upper_bound"):
         for ext in ("md", "csv", "tex"):
             assert (out / f"{name}.{ext}").stat().st_size > 100, f"{name}.{ext}"
@@ -57,7 +57,7 @@ def test_report_formats_and_options(store, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--test", "ztest"], "unknown test 'ztest'; choose from: welch"),
-    (["--format", "md,pdf"], "unknown format 'pdf'"),
+    (["--format", "md,jpg"], "unknown format 'jpg'"),
     (["--alpha", "2"], "alpha '2'"),
     (["--baseline", "fintune"], "baseline 'fintune' has no runs; methods in the store:"),
     (["--protocol", "nope"], "no runs with protocol 'nope'"),

@@ -40,7 +40,7 @@ def test_table2_cells_match_numpy_and_scipy(recs, analysis):
     assert g.header[1] == "finetune"  # baseline first
     col = g.header.index("adapter")
     a, b = _scores(recs, "cb", "adapter"), _scores(recs, "cb", "finetune")
-    cell = _row(g, "cb")[col]
+    cell = _row(g, "CB")[col]
     assert cell.render("md").startswith(f"{100 * a.mean():.1f}±{100 * a.std(ddof=1):.1f}")
     p_worse = sps.ttest_ind(a, b, equal_var=False, alternative="less").pvalue
     p_better = sps.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
@@ -56,14 +56,14 @@ def test_every_task_cell_verdict_agrees_with_scipy(recs, analysis):
 
 
 def test_wsc_zero_variance_prints_like_the_paper(analysis):
-    row = _row(table2(analysis), "wsc")
+    row = _row(table2(analysis), "WSC")
     assert [c.render("md") for c in row[1:]] == ["63.5±0.0"] * 4  # no arrow: identical constants
 
 
 def test_missing_method_is_dash_and_band_average_is_marked(recs, analysis):
     g = table2(analysis)
     col = g.header.index("bitfit")
-    assert _row(g, "copa")[col] == "–"
+    assert _row(g, "COPA")[col] == "–"
     low = _row(g, "Avg. (Low)")[col]
     assert low.mark == "†"
     # bitfit's Low average is the plain mean of its two task means (cb, wsc)
@@ -86,7 +86,7 @@ def test_band_row_spread_and_test_use_per_seed_averages(recs, analysis):
 def test_notes_name_test_and_n(analysis):
     notes = " ".join(table2(analysis).notes)
     assert "Welch" in notes and "alpha = 0.05" in notes and "one-tailed" in notes
-    assert "n per cell: 10 seeds in every cell" in notes
+    assert "n per cell: 10 runs (seeds) in every cell" in notes
 
 
 def test_holm_can_only_remove_arrows(recs):
@@ -109,8 +109,8 @@ def test_small_n_is_reported():
     recs = [make_record("cb", "finetune", 0.7 + 0.01 * s, s) for s in range(3)] + [make_record("cb", "lora", 0.8, 1)]
     g = table2(analyze(observations(recs)))
     notes = " ".join(g.notes)
-    assert "cb / lora = 1" in notes and "no test: n=1" in notes
-    assert _row(g, "cb")[2].render("md") == "80.0"
+    assert "CB / lora = 1" in notes and "no test: n=1" in notes
+    assert _row(g, "CB")[2].render("md") == "80.0"
 
 
 def test_leaky_columns_are_marked_everywhere():
@@ -131,7 +131,7 @@ def test_table4_series_means(recs):
     rs += [make_record("copa", "finetune", 0.5, s) for s in range(1, 4)]
     a = analyze(observations(rs))
     g = table4(a)
-    row = _row(g, "copa / lora")
+    row = _row(g, "COPA / lora")
     wi = 100 * np.array([0.6 + s / 100 for s in range(2, 6)])
     assert row[1].mean == pytest.approx(wi.mean()) and row[1].std == pytest.approx(wi.std(ddof=1))
     assert row[3].mean == pytest.approx(100 * np.mean([0.5 + s / 100 for s in range(1, 6)]))
@@ -141,7 +141,7 @@ def test_table4_series_means(recs):
 def test_renderers(analysis):
     g = table2(analysis)
     tex = to_latex(g)
-    assert r"\begin{tabular}" in tex and r"$_{\pm" in tex and r"\textit{Low-resource}" in tex
+    assert r"\begin{tabular}" in tex and r"$_{\pm" in tex and r"\textit{Low-Resource}" in tex and "`" not in tex and r"\texttt{finetune}" in tex
     rows = list(csv.DictReader(io.StringIO(to_csv(g))))
     assert len(rows) == sum(1 for r in g.rows for c in r[1:] if isinstance(c, Value))
     md = to_markdown(g)

@@ -171,3 +171,12 @@ def test_report_needs_a_source_that_exists(tmp_path):
 def test_summary_value_round_trips():
     rec = _record("r")
     assert json.loads(summary_value(copy.deepcopy(rec))) == rec
+
+
+@pytest.mark.parametrize("change,needle", [({"test_metrics": {"test/f1_macro": 70.0}}, "70 looks like a percent"),
+                                           ({"protocol": "fair"}, "unknown protocol 'fair'"),
+                                           ({"task": "cbx"}, "unknown task 'cbx'")])
+def test_wandb_records_are_checked_like_store_records(change, needle):
+    bad = {**_record("a"), **change}
+    with pytest.raises(WandbSourceError, match=needle):
+        records_from_wandb("e/p", api=_Api([_Run(["e", "p", "9"], {SUMMARY_KEY: summary_value(bad)})]))
