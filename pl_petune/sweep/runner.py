@@ -226,6 +226,11 @@ class Runner:
                 self.store.release(run.key)
                 self._skipped(run, f"running elsewhere ({holder})")
                 continue
+            if run.run_dir and self.is_complete(run):  # another node finished it between our check and claim
+                claims.release(run.run_dir, self.owner)
+                self.store.release(run.key)
+                self._skipped(run, "complete")
+                continue
             try:
                 self._launch(run, device)
             finally:
