@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from pl_petune.sweep.plan import PlannedRun, _short, parse_shard, plan, save_plan, seed_major, shard, sweep_name
-from pl_petune.sweep.spec import SweepError, load_sweep, online_only
+from pl_petune.sweep.spec import SweepError, load_sweep, online_only, sweep_path
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -75,6 +75,10 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], int, Optional[t
     if args.quick and not args.check:
         raise SweepError("--quick only applies to --check (a run needs every command checked)")
     shard_of = parse_shard(args.shard) if args.shard is not None else None
+    if args.fill_from_wandb is not None:
+        from pl_petune.wandb_source import _parse_path
+
+        _parse_path(args.fill_from_wandb)  # a malformed path is refused before the file is read
     if args.slurm is None and (args.chunk is not None or args.max_parallel is not None):
         raise SweepError("--chunk and --max-parallel apply to --slurm; put them before --slurm")
     if args.slurm is not None:
@@ -105,12 +109,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     devices, workers, shard_of = _check_options(args)
-    sweep = load_sweep(args.sweep)
+    source = sweep_path(args.sweep)
+    sweep = load_sweep(source)
     if sweep.get("method") == "grid" and args.count is not None:
         raise SweepError("--count applies to random sweeps; a grid runs every point (cut it with run_cap)")
     for line in online_only(sweep):
         print(f"petune sweep: {args.sweep}: {line}", file=sys.stderr)
-    name = sweep_name(sweep, args.sweep)
+    name = sweep_name(sweep, source)
     store = Path(args.store or default_store_path()).resolve()
     if store.is_dir():
         raise SweepError(f"--store {str(store)!r} is a folder; give the path of a .sqlite file")
@@ -133,7 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ordered = _fill_from_wandb(ordered, args.fill_from_wandb)
     if args.check:
         return _print_check(ordered, name, shard_of)
-    save_plan(sweep, Path(args.sweep), runs, folder, name)
+    save_plan(sweep, source, runs, folder, name)
     if args.slurm is not None:
         return _submit(ordered, folder, name, store, args)
     return _run_here(ordered, store, folder, name, workers, devices, args, shard_of)

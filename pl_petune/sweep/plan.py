@@ -76,9 +76,11 @@ class FitParser:
         """
         from pl_petune.errors import PetuneError
 
+        from pl_petune.packaged import resolve_configs
+
         try:
-            with _quiet():
-                return self.parser.parse_args(list(argv))
+            with _quiet():  # recipes resolve as `python -m pl_petune` resolves them (packaged, from any folder)
+                return self.parser.parse_args(resolve_configs(argv))
         except SystemExit:
             raise SweepError("does not parse (see the parser's message above)") from None
         except (PetuneError, Exception) as err:  # jsonargparse's ArgumentError, or a one-line PetuneError

@@ -239,9 +239,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     """
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file {str(p)!r} not found")
+    p = sweep_path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -255,6 +253,32 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise SweepError(f"{p}: not valid YAML ({' '.join(str(err).split())})") from None
     validate_sweep(sweep, where=str(p))
     return sweep
+
+
+def sweep_path(path: str | Path) -> Path:
+    """``path`` when it is a file, else the packaged sweep file of that name (``sweeps/smoke.yaml``, ``smoke``).
+
+    Raises:
+        SweepError: neither exists.
+    """
+    p = Path(path)
+    if not p.is_file():
+        p = _packaged_sweep(str(path)) or p
+    if not p.is_file():
+        raise SweepError(f"sweep file {str(path)!r} not found (here or among the packaged sweeps/)")
+    return p
+
+
+def _packaged_sweep(name: str) -> Optional[Path]:
+    """``sweeps/<name>`` of an installed pl_petune (``.yaml`` may be left out), or None."""
+    from pl_petune.packaged import packaged_dir
+
+    root = packaged_dir("sweeps")
+    rel = name[len("sweeps/"):] if name.startswith("sweeps/") else name
+    for candidate in ((root / rel, root / f"{rel}.yaml") if root is not None and rel else ()):
+        if candidate.resolve().is_file() and root.resolve() in candidate.resolve().parents:
+            return candidate
+    return None
 
 
 def online_only(sweep: Mapping[str, Any]) -> list[str]:
@@ -361,6 +385,6 @@ def _check_online_blocks(sweep: Mapping[str, Any], where: str) -> None:
                          "give one 'metric'")
 
 
-__all__ = ["SweepError", "Param", "parse_parameters", "load_sweep", "validate_sweep", "online_only",
+__all__ = ["SweepError", "Param", "parse_parameters", "load_sweep", "sweep_path", "validate_sweep", "online_only",
            "SWEEP_KEYS", "SWEEP_METHODS", "OFFLINE_METHODS", "DISTRIBUTIONS", "GRID_DISTRIBUTIONS", "MACROS",
            "ARG_MACROS", "DEFAULT_COMMAND", "GOALS"]
