@@ -89,6 +89,9 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], int, Optional[t
             raise SweepError(f"--chunk must be >= 1 run per array task, got {args.chunk}")
         if args.max_parallel is not None and args.max_parallel < 1:
             raise SweepError(f"--max-parallel must be >= 1, got {args.max_parallel}")
+        from pl_petune.sweep.slurm import _tool
+
+        _tool("sbatch")  # no SLURM here: refused before the file is read or a plan written
     return devices, workers, shard_of
 
 
@@ -119,6 +122,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     store = Path(args.store or default_store_path()).resolve()
     if store.is_dir():
         raise SweepError(f"--store {str(store)!r} is a folder; give the path of a .sqlite file")
+    blocked = next((p for p in store.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise SweepError(f"--store {str(store)!r}: {str(blocked)!r} is a file, not a folder; choose another path")
     folder = store.parent / "sweeps" / name
     runs = plan(sweep, count=args.count, seed=args.seed, where=args.sweep, json_dir=folder / "args", quick=args.quick)
     unique: dict[str, PlannedRun] = {}
@@ -138,7 +144,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         ordered = _fill_from_wandb(ordered, args.fill_from_wandb)
     if args.check:
         return _print_check(ordered, name, shard_of)
-    save_plan(sweep, source, runs, folder, name)
+    try:
+        save_plan(sweep, source, runs, folder, name)
+    except OSError as err:
+        raise SweepError(f"cannot write the sweep's plan to {str(folder)!r} ({err.strerror or err}); choose "
+                         "another --store") from None
     if args.slurm is not None:
         return _submit(ordered, folder, name, store, args)
     return _run_here(ordered, store, folder, name, workers, devices, args, shard_of)

@@ -178,6 +178,10 @@ def _leaf(path: tuple[str, ...], spec: dict[str, Any]) -> Param:
             raise SweepError(f"parameter {full!r}: {k!r} must be a finite number, got {spec[k]!r}")
     if kind == "categorical":
         _check_categorical(full, spec)
+    for value in (spec.get("values") or []) + ([spec["value"]] if "value" in spec else []):
+        if _has_null(value):
+            raise SweepError(f"parameter {full!r}: value {value!r} holds null, which the agent renders as the text "
+                             "'None'; leave the key out to keep its default, or sweep a real value")
     if "min" in spec and spec["min"] > spec["max"]:
         raise SweepError(f"parameter {full!r}: min {spec['min']} is above max {spec['max']}")
     if kind == "int_uniform" and not all(isinstance(spec[k], int) for k in ("min", "max")):
@@ -191,6 +195,16 @@ def _leaf(path: tuple[str, ...], spec: dict[str, Any]) -> Param:
         if k in spec and spec[k] < 0:
             raise SweepError(f"parameter {full!r}: {k} must be >= 0, got {spec[k]}")
     return Param(path, kind, spec)
+
+
+def _has_null(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_null(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_null(v) for v in value)
+    return False
 
 
 def _check_categorical(full: str, spec: Mapping[str, Any]) -> None:

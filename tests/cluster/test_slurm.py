@@ -113,3 +113,13 @@ def test_submit_kill_a_task_resubmit_and_every_record_is_complete_once(slurm_clu
     assert sorted(r["run_key"] for r in merged) == sorted(records)
     shown = json.loads(_petune("runs", "--runs", str(tmp_path / "runs"), "--format", "json").stdout)
     assert sorted((r["status"], r["protocol"]) for r in shown) == [("complete", "train_split")] * 3
+
+
+def test_sbatch_refusing_the_array_is_one_line_and_leaves_no_script(slurm_cluster, tmp_path, tiny_bert, data_dir):
+    sweep = _sweep(tmp_path, tiny_bert, data_dir)
+    store = tmp_path / "store" / "results.sqlite"
+    res = _petune("sweep", str(sweep), "--store", str(store), "--slurm", "--partition", "nope")
+    assert res.returncode == 2, res.stderr
+    line, = res.stderr.strip().splitlines()
+    assert "sbatch refused the array (" in line and "nope" in line
+    assert not list((store.parent / "sweeps" / "array" / "slurm").glob("*.sh"))
