@@ -66,7 +66,8 @@ def records_from_dirs(roots: Sequence[str | os.PathLike], status: Optional[str] 
 
     for root in roots:
         if not Path(root).is_dir():
-            raise UsageError(f"{str(root)!r} is not a folder; give the run.out_dir that holds the run folders (e.g. runs/)")
+            raise UsageError(f"{str(root)!r} is not a folder; give the run.out_dir that holds the run folders "
+                             "(e.g. runs/)")
     by_key: dict[str, dict[str, Any]] = {}
     skipped = 0
     for path in record_files(roots):

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from pl_petune.sweep.plan import PlannedRun, _short, parse_shard, plan, save_plan, seed_major, shard, sweep_name
-from pl_petune.sweep.spec import SweepError, load_sweep, online_only, sweep_path
+from pl_petune.sweep.files import load_sweep, sweep_path
+from pl_petune.sweep.spec import SweepError, online_only
 
 
 class ArgParser(argparse.ArgumentParser):

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from pl_petune.sweep.command import check_command_order, fit_argv, render_command, command_args
-from pl_petune.sweep.expand import _hashable, covering, expand
+from pl_petune.sweep.command import check_command_order, command_args, fit_argv, render_command
+from pl_petune.sweep.expand import covering, expand
 from pl_petune.sweep.spec import SweepError
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pl_petune.cli import UsageError
@@ -220,81 +219,6 @@ def _check_categorical(full: str, spec: Mapping[str, Any]) -> None:
                          f"summing to 1 (one per value), got {probs!r}")
 
 
-# ---- the file ------------------------------------------------------------------------------------------------
-def _yaml_loader() -> Any:
-    """PyYAML's safe loader that refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader: Any, node: Any, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float, bool)):
-                continue
-            if key in seen:
-                raise SweepError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping "
-                                 "(YAML would keep only the last)")
-            seen.add(key)
-        return loader.construct_mapping(node, deep=deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return Loader
-
-
-def load_sweep(path: str | Path) -> dict[str, Any]:
-    """Read a sweep YAML file (PyYAML, as ``wandb sweep`` reads it) and check its structure.
-
-    Raises:
-        SweepError: a missing, non-UTF-8 or invalid YAML file, a repeated key, or a structure
-            :func:`validate_sweep` refuses.
-    """
-    import yaml
-
-    p = sweep_path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise SweepError(f"{p}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-                         "save the sweep file as UTF-8") from None
-    try:
-        sweep = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
-    except SweepError as err:
-        raise SweepError(f"{p}: {err}") from None
-    except yaml.YAMLError as err:
-        raise SweepError(f"{p}: not valid YAML ({' '.join(str(err).split())})") from None
-    validate_sweep(sweep, where=str(p))
-    return sweep
-
-
-def sweep_path(path: str | Path) -> Path:
-    """``path`` when it is a file, else the packaged sweep file of that name (``sweeps/smoke.yaml``, ``smoke``).
-
-    Raises:
-        SweepError: neither exists.
-    """
-    p = Path(path)
-    if not p.is_file():
-        p = _packaged_sweep(str(path)) or p
-    if not p.is_file():
-        raise SweepError(f"sweep file {str(path)!r} not found (here or among the packaged sweeps/)")
-    return p
-
-
-def _packaged_sweep(name: str) -> Optional[Path]:
-    """``sweeps/<name>`` of an installed pl_petune (``.yaml`` may be left out), or None."""
-    from pl_petune.packaged import packaged_dir
-
-    root = packaged_dir("sweeps")
-    rel = name[len("sweeps/"):] if name.startswith("sweeps/") else name
-    for candidate in ((root / rel, root / f"{rel}.yaml") if root is not None and rel else ()):
-        if candidate.resolve().is_file() and root.resolve() in candidate.resolve().parents:
-            return candidate
-    return None
-
-
 def online_only(sweep: Mapping[str, Any]) -> list[str]:
     """One line per key of ``sweep`` that only W&B's server acts on (nothing is done with it offline)."""
     return [f"{k}: {why}; online only, ignored by petune sweep" for k, why in ONLINE_ONLY_KEYS.items() if k in sweep]
@@ -399,6 +323,12 @@ def _check_online_blocks(sweep: Mapping[str, Any], where: str) -> None:
                          "give one 'metric'")
 
 
-__all__ = ["SweepError", "Param", "parse_parameters", "load_sweep", "sweep_path", "validate_sweep", "online_only",
+__all__ = ["SweepError", "Param", "parse_parameters", "validate_sweep", "online_only",
            "SWEEP_KEYS", "SWEEP_METHODS", "OFFLINE_METHODS", "DISTRIBUTIONS", "GRID_DISTRIBUTIONS", "MACROS",
            "ARG_MACROS", "DEFAULT_COMMAND", "GOALS"]
+
+
+# The file readers live in pl_petune.sweep.files; these names stay importable from here.
+from pl_petune.sweep.files import load_sweep, sweep_path  # noqa: E402
+
+__all__ += ["load_sweep", "sweep_path"]

@@ -40,7 +40,8 @@ def _refused(tmp_path: Path, capsys, path: Path, *options: str) -> str:
 
 
 FILE_CASES = {
-    "integer parameter name": ("parameters:\n  1: {values: [1, 2]}\n  b: {value: 1}\n", "parameter name 1 is not allowed"),
+    "integer parameter name": ("parameters:\n  1: {values: [1, 2]}\n  b: {value: 1}\n",
+                               "parameter name 1 is not allowed"),
     "parameter name with a space": ("parameters:\n  'data task': {value: cb}\n", "'data task' is not allowed"),
     "non-numeric probabilities": ("parameters:\n  a: {values: [1, 2], probabilities: [x, y]}\n",
                                   "'probabilities' must be 2 non-negative numbers"),
