@@ -243,3 +243,27 @@ def test_petune_fit_does_not_retrain_a_run_whose_folder_record_is_complete(tmp_p
     assert not (Path(run.run_dir) / "checkpoints").exists()  # nothing trained
     assert json.loads((Path(run.run_dir) / "record.json").read_text()) == record
 
+
+
+def test_a_node_that_dies_loses_its_claims_once_it_stops_beating(tmp_path, launches):
+    """nodeA is killed mid-run (its child dies with it); nodeB respects the claim while it is fresh, then takes
+    the run over once nodeA has been silent for the stale time, and trains it once."""
+    tree = tmp_path / "shared"
+    runs = folder_runs(tree, 1)
+    fast = {"PETUNE_HEARTBEAT_S": "0.3", "PETUNE_STALE_AFTER_S": "4"}
+    node_a = _start_runner(tmp_path, runs, tmp_path / "a.sqlite", "nodeA", FAKE_SLEEP="120", **fast)
+    deadline = time.time() + 60
+    while not _launched(launches) and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(node_a.pid, signal.SIGKILL)
+    node_a.wait()
+    killed_at = time.time()
+    early = _start_runner(tmp_path, runs, tmp_path / "b.sqlite", "nodeB", FAKE_SLEEP="0", **fast)
+    out = json.loads(early.communicate(timeout=120)[0])
+    if time.time() - killed_at < 4:  # still within nodeA's last beat + stale time: its claim holds
+        assert out["skipped"] == {runs[0].key: "running elsewhere (nodeA:%d)" % node_a.pid}
+    time.sleep(max(0.0, killed_at + 4.5 - time.time()))
+    late = _start_runner(tmp_path, runs, tmp_path / "b.sqlite", "nodeB", FAKE_SLEEP="0", **fast)
+    out = json.loads(late.communicate(timeout=120)[0])
+    assert out["complete"] == [runs[0].key]
+    assert [h for _, h, _ in _launched(launches)] == ["nodeA", "nodeB"]
