@@ -106,3 +106,21 @@ def test_report_reads_run_folders_like_a_store(tmp_path, records, capsys):
     assert (tmp_path / "a" / "table2.md").read_text() == (tmp_path / "b" / "table2.md").read_text()
     assert main(["report", "--runs", str(tmp_path / "empty_or_missing"), "--out", str(tmp_path / "c")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_index_names_and_skips_a_record_that_does_not_validate(tmp_path, records, capsys):
+    tree = _tree(tmp_path / "runs", records[:2])
+    bad = {"schema": 1, "run_key": "00000000000000ff", "status": "complete", "task": "cb"}  # lacks the results
+    write_json(tree / "cb" / "x" / bad["run_key"] / "record.json", bad)
+    assert main(["index", str(tree), "--store", str(tmp_path / "s.sqlite")]) == 0
+    err = capsys.readouterr().err
+    assert "00000000000000ff: record not indexed (complete record '00000000000000ff' lacks" in err
+    assert "2 added" in err and ", 1 invalid" in err
+    assert len(Store(tmp_path / "s.sqlite").records()) == 2
+
+
+def test_index_store_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "runs").mkdir()
+    assert main(["index", str(tmp_path / "runs"), "--store", str(tmp_path / "afile" / "s.sqlite")]) == 2
+    assert "afile' is a file, not a folder" in capsys.readouterr().err
