@@ -28,7 +28,7 @@ test: setup
 
 # Slow, CPU-only checks CI also runs: SIGKILL-and-resume, a full parse of every run of every sweep file.
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow tests/reliability tests/sweeps
+	$(BIN)/python -m pytest -q -rs -m slow --ignore=tests/methods tests
 
 # Every method recipe trained on the real MiniLM and CB (about 3 minutes each on 2 cores; not in CI).
 test-real: setup

@@ -66,7 +66,8 @@ def records_from_dirs(roots: Sequence[str | os.PathLike], status: Optional[str] 
 
     for root in roots:
         if not Path(root).is_dir():
-            raise UsageError(f"--runs {str(root)!r} is not a folder; give the run.out_dir of your runs (e.g. runs/)")
+            raise UsageError(f"{str(root)!r} is not a folder; give the run.out_dir that holds the run folders "
+                             "(e.g. runs/)")
     by_key: dict[str, dict[str, Any]] = {}
     skipped = 0
     for path in record_files(roots):
@@ -93,15 +94,24 @@ def rebuild(store_path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -
     so an index never overwrites what a live runner tracks.
 
     Returns:
-        Counts: ``added``, ``updated``, ``unchanged``, ``kept`` (incomplete records not indexed).
+        Counts: ``added``, ``updated``, ``unchanged``, ``kept`` (incomplete records not indexed), ``invalid``
+        (records that fail :func:`pl_petune.records.validate`, named on stderr and skipped).
     """
+    from pl_petune.records import validate
     from pl_petune.store import Store
 
     records = records_from_dirs(roots, status=None)
-    store = Store(store_path)
-    counts = {"added": 0, "updated": 0, "unchanged": 0, "kept": 0}
-    todo = []
+    valid = []
     for rec in records:
+        try:
+            validate(rec)
+            valid.append(rec)
+        except ValueError as err:
+            print(f"petune index: {rec.get('run_dir') or rec['run_key']}: record not indexed ({err})", file=sys.stderr)
+    store = Store(store_path)
+    counts = {"added": 0, "updated": 0, "unchanged": 0, "kept": 0, "invalid": len(records) - len(valid)}
+    todo = []
+    for rec in valid:
         have = store.get(rec["run_key"])
         status = store.status(rec["run_key"])
         if rec.get("status") != "complete":
@@ -136,9 +146,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     store = Path(args.store or default_store_path())
     if store.exists() and not store.is_file():
         raise UsageError(f"--store {str(store)!r} is a folder; give the path of a .sqlite file")
+    blocked = next((p for p in store.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UsageError(f"--store {str(store)!r}: {str(blocked)!r} is a file, not a folder; choose another path")
     counts = rebuild(store, args.dirs)
     print(f"petune index: {store}: {counts['added']} added, {counts['updated']} updated, {counts['unchanged']} "
-          f"unchanged, {counts['kept']} incomplete folder record(s) left to the store's own row", file=sys.stderr)
+          f"unchanged, {counts['kept']} incomplete folder record(s) left to the store's own row"
+          + (f", {counts['invalid']} invalid" if counts["invalid"] else ""), file=sys.stderr)
     return 0
 
 

@@ -102,3 +102,27 @@ def resolve_recipe_path(value: str, base: str | os.PathLike | None = None) -> st
         if candidate.is_file():
             return str(candidate)
     return resolve_config(value)
+
+
+def packaged_dir(kind: str) -> Path | None:
+    """The folder of the packaged ``recipes`` or ``sweeps``, or None when this install has none."""
+    root = _root(kind)
+    return root if root.is_dir() else None
+
+
+def resolve_configs(argv: list[str] | tuple[str, ...]) -> list[str]:
+    """Like :func:`resolve_config_args`, but a ``--config`` that names neither a file nor a packaged recipe is
+    left as it is (for the sweep's parse check, which reports it in its own words)."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == "--config" and i + 1 < len(out):
+            j, value, prefix = i + 1, out[i + 1], ""
+        elif token.startswith("--config="):
+            j, value, prefix = i, token.split("=", 1)[1], "--config="
+        else:
+            continue
+        if not Path(value).is_file() and "\n" not in value and not value.startswith(("-", "{")):
+            found = packaged_recipe(value)
+            if found is not None:
+                out[j] = prefix + str(found)
+    return out

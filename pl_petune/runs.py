@@ -158,7 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """``petune runs``: list a results store's (or run folders') runs with their status."""
     from pl_petune.store import ROW_STATUSES, default_store_path
 
-    statuses = ROW_STATUSES + EXTRA_STATUSES
+    statuses = tuple(dict.fromkeys(ROW_STATUSES + EXTRA_STATUSES))
     p = ArgParser(prog="petune runs", description="List the runs of a results store, or of run folders, and "
                                                    "their status.")
     p.add_argument("--store", default=None, help="results store (default: $PETUNE_STORE or runs/results.sqlite)")

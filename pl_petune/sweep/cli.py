@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from pl_petune.sweep.plan import PlannedRun, _short, parse_shard, plan, save_plan, seed_major, shard, sweep_name
-from pl_petune.sweep.spec import SweepError, load_sweep, online_only
+from pl_petune.sweep.files import load_sweep, sweep_path
+from pl_petune.sweep.spec import SweepError, online_only
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -75,6 +76,10 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], int, Optional[t
     if args.quick and not args.check:
         raise SweepError("--quick only applies to --check (a run needs every command checked)")
     shard_of = parse_shard(args.shard) if args.shard is not None else None
+    if args.fill_from_wandb is not None:
+        from pl_petune.wandb_source import _parse_path
+
+        _parse_path(args.fill_from_wandb)  # a malformed path is refused before the file is read
     if args.slurm is None and (args.chunk is not None or args.max_parallel is not None):
         raise SweepError("--chunk and --max-parallel apply to --slurm; put them before --slurm")
     if args.slurm is not None:
@@ -85,6 +90,9 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], int, Optional[t
             raise SweepError(f"--chunk must be >= 1 run per array task, got {args.chunk}")
         if args.max_parallel is not None and args.max_parallel < 1:
             raise SweepError(f"--max-parallel must be >= 1, got {args.max_parallel}")
+        from pl_petune.sweep.slurm import _tool
+
+        _tool("sbatch")  # no SLURM here: refused before the file is read or a plan written
     return devices, workers, shard_of
 
 
@@ -105,15 +113,19 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     devices, workers, shard_of = _check_options(args)
-    sweep = load_sweep(args.sweep)
+    source = sweep_path(args.sweep)
+    sweep = load_sweep(source)
     if sweep.get("method") == "grid" and args.count is not None:
         raise SweepError("--count applies to random sweeps; a grid runs every point (cut it with run_cap)")
     for line in online_only(sweep):
         print(f"petune sweep: {args.sweep}: {line}", file=sys.stderr)
-    name = sweep_name(sweep, args.sweep)
+    name = sweep_name(sweep, source)
     store = Path(args.store or default_store_path()).resolve()
     if store.is_dir():
         raise SweepError(f"--store {str(store)!r} is a folder; give the path of a .sqlite file")
+    blocked = next((p for p in store.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise SweepError(f"--store {str(store)!r}: {str(blocked)!r} is a file, not a folder; choose another path")
     folder = store.parent / "sweeps" / name
     runs = plan(sweep, count=args.count, seed=args.seed, where=args.sweep, json_dir=folder / "args", quick=args.quick)
     unique: dict[str, PlannedRun] = {}
@@ -133,7 +145,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         ordered = _fill_from_wandb(ordered, args.fill_from_wandb)
     if args.check:
         return _print_check(ordered, name, shard_of)
-    save_plan(sweep, Path(args.sweep), runs, folder, name)
+    try:
+        save_plan(sweep, source, runs, folder, name)
+    except OSError as err:
+        raise SweepError(f"cannot write the sweep's plan to {str(folder)!r} ({err.strerror or err}); choose "
+                         "another --store") from None
     if args.slurm is not None:
         return _submit(ordered, folder, name, store, args)
     return _run_here(ordered, store, folder, name, workers, devices, args, shard_of)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from pl_petune.sweep.command import check_command_order, fit_argv, render_command, command_args
-from pl_petune.sweep.expand import _hashable, covering, expand
+from pl_petune.sweep.command import check_command_order, command_args, fit_argv, render_command
+from pl_petune.sweep.expand import covering, expand
 from pl_petune.sweep.spec import SweepError
 
 
@@ -74,23 +74,16 @@ class FitParser:
         Raises:
             SweepError: the argv does not parse (unknown key, wrong type, missing recipe), in one line.
         """
-        from pl_petune.errors import PetuneError
+        from pl_petune.arg_errors import condense
+        from pl_petune.packaged import resolve_configs
 
         try:
-            with _quiet():
-                return self.parser.parse_args(list(argv))
+            with _quiet():  # recipes resolve as `python -m pl_petune` resolves them (packaged, from any folder)
+                return self.parser.parse_args(resolve_configs(argv))
         except SystemExit:
             raise SweepError("does not parse (see the parser's message above)") from None
-        except (PetuneError, Exception) as err:  # jsonargparse's ArgumentError, or a one-line PetuneError
-            raise SweepError(_condense(str(err))) from None
-
-
-def _condense(message: str) -> str:
-    """One line from a jsonargparse report: the key and the innermost reasons."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    keep = [ln for ln in lines if not ln.startswith(("Subtypes:", "Errors:", "Given value type:"))
-            and "Expected a <class 'NoneType'>" not in ln]
-    return " ".join(keep)[:600]
+        except Exception as err:  # jsonargparse's ArgumentError, or a PetuneError already condensed to one line
+            raise SweepError(condense(str(err))[:600]) from None
 
 
 class _quiet:
@@ -141,7 +134,7 @@ def plan(sweep: Mapping[str, Any], count: Optional[int] = None, seed: int = 0, w
         SweepError: naming the first bad run (index and parameters) and why.
     """
     from pl_petune.errors import PetuneError
-    from pl_petune.lightning_cli import _method_name, run_key_for
+    from pl_petune.identity import method_name as _method_name, run_key_for
     from pl_petune.tasks import get_task
 
     parser = parser or FitParser()

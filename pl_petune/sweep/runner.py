@@ -135,7 +135,11 @@ class Runner:
             return True
         rec = read_record(run.run_dir) if run.run_dir else None
         if rec is not None and rec.get("status") == "complete" and rec.get("run_key") == run.key:
-            self.store.put(rec)
+            try:
+                self.store.put(rec)
+            except ValueError as err:  # a RecordError: complete all the same, only not indexed here
+                self._say(f"petune sweep: run {run.index} [{run.key}] is complete in {run.run_dir} but its record "
+                          f"cannot be indexed ({err})")
             return True
         return False
 
@@ -225,6 +229,11 @@ class Runner:
             if holder is not None:
                 self.store.release(run.key)
                 self._skipped(run, f"running elsewhere ({holder})")
+                continue
+            if run.run_dir and self.is_complete(run):  # another node finished it between our check and claim
+                claims.release(run.run_dir, self.owner)
+                self.store.release(run.key)
+                self._skipped(run, "complete")
                 continue
             try:
                 self._launch(run, device)

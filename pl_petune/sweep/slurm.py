@@ -52,17 +52,20 @@ def submissions(folder: Path) -> list[dict[str, Any]]:
 
 
 def task_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """``{"<job>_<task>": state}`` of the array tasks SLURM still knows (``squeue --array``), then of the
-    ended ones where accounting is on (``sacct``); tasks known to neither are absent."""
+    """``{"<job>_<task>": state}`` of the array tasks SLURM still knows (``squeue --array --states all``),
+    then of older ones where accounting is on (``sacct``); tasks known to neither are absent."""
     states: dict[str, str] = {}
     if not job_ids or shutil.which("squeue") is None:
         return states
     ids = ",".join(job_ids)
-    res = subprocess.run(["squeue", "-h", "-r", "-j", ids, "-o", "%i|%T"], capture_output=True, text=True,
+    # -t all: ended tasks too, while slurmctld still holds them (MinJobAge); -r: one line per array task
+    # (not -j: squeue refuses the whole list when one job id has been purged)
+    res = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True,
                          timeout=30)
+    wanted = set(job_ids)
     for line in res.stdout.splitlines():
         tid, _, state = line.strip().partition("|")
-        if tid:
+        if tid.split("_")[0] in wanted:
             states[tid] = state
     if shutil.which("sacct"):
         res = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State"], capture_output=True,

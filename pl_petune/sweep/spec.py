@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pl_petune.cli import UsageError
@@ -178,6 +177,10 @@ def _leaf(path: tuple[str, ...], spec: dict[str, Any]) -> Param:
             raise SweepError(f"parameter {full!r}: {k!r} must be a finite number, got {spec[k]!r}")
     if kind == "categorical":
         _check_categorical(full, spec)
+    for value in (spec.get("values") or []) + ([spec["value"]] if "value" in spec else []):
+        if _has_null(value):
+            raise SweepError(f"parameter {full!r}: value {value!r} holds null, which the agent renders as the text "
+                             "'None'; leave the key out to keep its default, or sweep a real value")
     if "min" in spec and spec["min"] > spec["max"]:
         raise SweepError(f"parameter {full!r}: min {spec['min']} is above max {spec['max']}")
     if kind == "int_uniform" and not all(isinstance(spec[k], int) for k in ("min", "max")):
@@ -193,6 +196,16 @@ def _leaf(path: tuple[str, ...], spec: dict[str, Any]) -> Param:
     return Param(path, kind, spec)
 
 
+def _has_null(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_null(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_null(v) for v in value)
+    return False
+
+
 def _check_categorical(full: str, spec: Mapping[str, Any]) -> None:
     values = spec["values"]
     if not isinstance(values, list) or not values:
@@ -204,57 +217,6 @@ def _check_categorical(full: str, spec: Mapping[str, Any]) -> None:
             or abs(sum(probs) - 1.0) > 1e-6:
         raise SweepError(f"parameter {full!r}: 'probabilities' must be {len(values)} non-negative numbers "
                          f"summing to 1 (one per value), got {probs!r}")
-
-
-# ---- the file ------------------------------------------------------------------------------------------------
-def _yaml_loader() -> Any:
-    """PyYAML's safe loader that refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader: Any, node: Any, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float, bool)):
-                continue
-            if key in seen:
-                raise SweepError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping "
-                                 "(YAML would keep only the last)")
-            seen.add(key)
-        return loader.construct_mapping(node, deep=deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return Loader
-
-
-def load_sweep(path: str | Path) -> dict[str, Any]:
-    """Read a sweep YAML file (PyYAML, as ``wandb sweep`` reads it) and check its structure.
-
-    Raises:
-        SweepError: a missing, non-UTF-8 or invalid YAML file, a repeated key, or a structure
-            :func:`validate_sweep` refuses.
-    """
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file {str(p)!r} not found")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise SweepError(f"{p}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-                         "save the sweep file as UTF-8") from None
-    try:
-        sweep = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
-    except SweepError as err:
-        raise SweepError(f"{p}: {err}") from None
-    except yaml.YAMLError as err:
-        raise SweepError(f"{p}: not valid YAML ({' '.join(str(err).split())})") from None
-    validate_sweep(sweep, where=str(p))
-    return sweep
 
 
 def online_only(sweep: Mapping[str, Any]) -> list[str]:
@@ -361,6 +323,12 @@ def _check_online_blocks(sweep: Mapping[str, Any], where: str) -> None:
                          "give one 'metric'")
 
 
-__all__ = ["SweepError", "Param", "parse_parameters", "load_sweep", "validate_sweep", "online_only",
+__all__ = ["SweepError", "Param", "parse_parameters", "validate_sweep", "online_only",
            "SWEEP_KEYS", "SWEEP_METHODS", "OFFLINE_METHODS", "DISTRIBUTIONS", "GRID_DISTRIBUTIONS", "MACROS",
            "ARG_MACROS", "DEFAULT_COMMAND", "GOALS"]
+
+
+# The file readers live in pl_petune.sweep.files; these names stay importable from here.
+from pl_petune.sweep.files import load_sweep, sweep_path  # noqa: E402
+
+__all__ += ["load_sweep", "sweep_path"]

@@ -40,7 +40,8 @@ def _refused(tmp_path: Path, capsys, path: Path, *options: str) -> str:
 
 
 FILE_CASES = {
-    "integer parameter name": ("parameters:\n  1: {values: [1, 2]}\n  b: {value: 1}\n", "parameter name 1 is not allowed"),
+    "integer parameter name": ("parameters:\n  1: {values: [1, 2]}\n  b: {value: 1}\n",
+                               "parameter name 1 is not allowed"),
     "parameter name with a space": ("parameters:\n  'data task': {value: cb}\n", "'data task' is not allowed"),
     "non-numeric probabilities": ("parameters:\n  a: {values: [1, 2], probabilities: [x, y]}\n",
                                   "'probabilities' must be 2 non-negative numbers"),
@@ -139,6 +140,7 @@ OPTION_CASES = {
     "--chunk without --slurm": (["--chunk", "4"], "--chunk and --max-parallel apply to --slurm"),
     "--slurm with --workers": (["--workers", "2", "--slurm", "-p", "gpu"], "drop --workers, --devices and --shard"),
     "--slurm --chunk 0": (["--chunk", "0", "--slurm"], "--chunk must be >= 1"),
+    "--slurm --max-parallel 0": (["--max-parallel", "0", "--slurm"], "--max-parallel must be >= 1"),
     "--devices empty": (["--devices", ","], "--devices ',' names no device"),
     "--quick without --check": (["--quick"], "--quick only applies to --check"),
     "unknown option": (["--wrokers", "2"], "unrecognized arguments: --wrokers 2"),
@@ -200,3 +202,28 @@ def test_the_other_distributions_w_and_b_documents_are_drawn(kind, extra, check,
     draws = [r["a"] for r in expand(sweep, seed=1)]
     assert len(draws) == 50 and all(check(x) for x in draws), draws[:5]
     assert draws == [r["a"] for r in expand(sweep, seed=1)]  # same seed, same draws
+
+
+@pytest.mark.parametrize("body", ["parameters:\n  run.name: {value: null}\n",
+                                  "parameters:\n  data.train_limit: {values: [32, null]}\n",
+                                  "parameters:\n  config: {values: [{trainer: {max_epochs: null}}]}\n"])
+def test_a_null_value_is_refused_since_the_agent_renders_it_as_the_text_none(body, tmp_path, capsys):
+    assert "holds null, which the agent renders as the text 'None'" in _refused(
+        tmp_path, capsys, _file(tmp_path, body), "--check", "--quick")
+
+
+def test_a_store_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    path = _file(tmp_path, "parameters:\n  a: {values: [1, 2]}\n")
+    rc = main(["sweep", str(path), "--store", str(tmp_path / "afile" / "results.sqlite")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "afile' is a file, not a folder" in err
+
+
+def test_slurm_without_sbatch_is_one_line_and_submits_nothing(in_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    store = tmp_path / "out" / "results.sqlite"
+    assert main(["sweep", "sweeps/smoke.yaml", "--store", str(store), "--slurm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--slurm needs SLURM's sbatch on PATH" in err
+    assert not store.parent.exists()  # refused before the plan was written
