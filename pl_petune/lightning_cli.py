@@ -9,6 +9,7 @@ other.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from pl_petune.callbacks._common import file_sha256
 from pl_petune.data.module import TaskDataModule
 from pl_petune.errors import ConfigError, PetuneError
+from pl_petune.faults import RunGuard, one_line
 from pl_petune.methods import PetuneModule
 from pl_petune.records import SCHEMA_VERSION, git_revision, now_iso, run_key, versions, write_json
 from pl_petune.store import Store, default_store_path
@@ -77,6 +79,8 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # The run whose "running" record this process wrote; marked failed if the process fails before completing.
 _ACTIVE: dict[str, Any] = {}
+# Fault handling of the command being run (lock, held output, signal guard); run_lightning_cli replaces it.
+_GUARD: list[RunGuard] = [RunGuard()]
 
 
 class AlreadyComplete(Exception):
@@ -123,10 +127,24 @@ class PetuneCLI(LightningCLI):
         })
         parser.link_arguments("early_stopping.monitor", "checkpoint.monitor")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path's hyper-parameters right after parsing: a missing or foreign file is refused
+        # first, in one line, instead of torch.load's traceback.
+        if self.config.get("subcommand"):
+            from pl_petune.preflight import check_ckpt_path
+
+            check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
     # ---- before the classes exist: seeds, monitor direction, run folder, resume ------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run = cfg.run
+        guard = _GUARD[0]
+        guard.setup_begins()
+        from pl_petune.preflight import check_config
+
+        check_config(cfg, self.subcommand or "fit")
         spec = _apply_protocol(cfg)
         if self.subcommand != "fit":
             if cfg.trainer.get("default_root_dir") is None:  # Lightning's default is ./lightning_logs
@@ -142,13 +160,14 @@ class PetuneCLI(LightningCLI):
             if done is not None and done.get("status") == "complete":
                 raise AlreadyComplete(f"petune: run {key} is already complete in {store_path}: "
                                       f"{_summary_line(done)} (--run.rerun true trains it again)")
+        guard.take_run(run_dir, key)
         cfg.trainer.default_root_dir = str(run_dir)
         cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
         if cfg.trainer.logger in (None, True):
             cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                   "init_args": {"save_dir": str(run_dir), "name": "logs"}}
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if run.resume and cfg.get("ckpt_path") is None and last.is_file():
+        last = guard.resume_file(run_dir / "checkpoints") if run.resume and cfg.get("ckpt_path") is None else None
+        if last is not None:
             cfg.ckpt_path = str(last)
             print(f"petune: resuming run {key} from {last}", file=sys.stderr)
         self._run_info = {"key": key, "dir": run_dir, "method": method, "spec": spec, "identity": identity,
@@ -167,10 +186,34 @@ class PetuneCLI(LightningCLI):
         print(f"petune: {info['method']} on {info['spec'].name} [{self.datamodule.protocol}]: "
               f"{report['trainable_params']:,} trainable of {report['total_params']:,} "
               f"({report['trainable_percent']:.3f}%; denominator: {report['param_denominator']})", file=sys.stderr)
-        record = self._record(status="running")
-        info["store"].put(record)
-        _ACTIVE.update(store=info["store"], key=info["key"])
-        write_json(info["dir"] / "record.json", record)
+        self._save_state(self._record(status="running"))
+        _ACTIVE.update(store=info["store"], key=info["key"], cli=self)
+        _GUARD[0].training_begins()
+
+    def _save_state(self, record: dict[str, Any]) -> None:
+        """Put a running/interrupted ``record`` in the store and ``record.json``, except over a complete one: a
+        rerun (``--run.rerun true``) replaces the complete record only with its own complete record."""
+        info = self._run_info
+        if info["store"].status(info["key"]) != "complete":
+            info["store"].put(record)
+        path = info["dir"] / "record.json"
+        try:
+            done = json.loads(path.read_text()).get("status") == "complete"
+        except (OSError, ValueError):
+            done = False
+        if not done:
+            write_json(path, record)
+
+    def mark_interrupted(self, signal_name: str) -> Optional[str]:
+        """Record the run as ``interrupted`` (resumable); returns the checkpoint a rerun resumes from."""
+        info = self._run_info
+        last = info["dir"] / "checkpoints" / "last.ckpt"
+        record = self._record(status="interrupted")
+        record["extra"]["interrupted"] = {"signal": signal_name, "epoch": self.trainer.current_epoch,
+                                          "step": self.trainer.global_step,
+                                          "resume_from": str(last) if last.is_file() else None}
+        self._save_state(record)
+        return str(last) if last.is_file() else None
 
     def after_fit(self) -> None:
         info = self._run_info
@@ -212,10 +255,17 @@ class PetuneCLI(LightningCLI):
         return dict(self._dev_history.history.get(self._best_epoch(), {}))
 
     def instantiate_trainer(self, **kwargs: Any):
+        guard = _GUARD[0]
+        kwargs["plugins"] = guard.trainer_plugins(self._get(self.config_init, "trainer", default={}).get("plugins"))
         trainer = super().instantiate_trainer(**kwargs)
         self._dev_history = DevHistory()
-        trainer.callbacks.append(self._dev_history)
+        trainer.callbacks.extend([self._dev_history, guard.interrupts])
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "fit":  # validate/test: nothing more to check before Lightning runs
+            _GUARD[0].training_begins()
+        super()._run_subcommand(subcommand)
 
     def _record(self, status: str, dev_metrics: dict | None = None, test_metrics: dict | None = None,
                 baseline: dict | None = None) -> dict[str, Any]:
@@ -474,6 +524,9 @@ def _method_name(class_path: str) -> str:
 
 
 def make_cli(argv: list[str], run: bool = True) -> PetuneCLI:
+    from pl_petune.preflight import strict_yaml
+
+    strict_yaml()
     return PetuneCLI(
         PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
         seed_everything_default=False, args=argv, run=run, auto_configure_optimizers=False,
@@ -509,6 +562,9 @@ def parse_only(argv: list[str]):
 
 def parse_only_cli(argv: list[str]) -> PetuneCLI:
     """The CLI object :func:`parse_only` builds (its ``parser`` can then parse other argvs cheaply)."""
+    from pl_petune.preflight import strict_yaml
+
+    strict_yaml()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_ARGS_WARNING)
         return _ParseOnlyCLI(
@@ -548,20 +604,48 @@ def run_lightning_cli(argv: list[str]) -> int:
         os.environ.setdefault(var, "false")
     warnings.filterwarnings("ignore", message=_ARGS_WARNING)
     _ACTIVE.clear()
+    guard = _GUARD[0] = RunGuard()
     try:
-        make_cli(argv)
-    except SystemExit as exit_:  # --help, --print_config
-        return int(exit_.code or 0)
+        from pl_petune.preflight import check_recipe_files
+
+        check_recipe_files(argv[1:])
+        with guard.interrupts:
+            make_cli(argv)
     except AlreadyComplete as done:
+        guard.close()
         print(done, file=sys.stderr)
         return 0
     except BaseException as err:
-        if _ACTIVE:
-            _ACTIVE["store"].mark_failed(_ACTIVE["key"], f"{type(err).__name__}: {err}")
-            _ACTIVE.clear()
-        cause = _petune_cause(err)
-        if cause is not None:
-            print(f"petune {argv[0]}: error: {cause}", file=sys.stderr)
-            return 2
+        guard.close()
+        known = one_line(err)
+        if known is None and isinstance(err, SystemExit):  # --help, --print_config
+            return int(err.code or 0)
+        line = _finish_active(err, known)
+        if known is not None:
+            print(f"petune {argv[0]}: {line or 'error: ' + known[0]}", file=sys.stderr)
+            return known[1]
         raise
+    finally:
+        guard.close()
+        _ACTIVE.clear()
     return 0
+
+
+def _finish_active(err: BaseException, known: Optional[tuple[str, int]]) -> Optional[str]:
+    """Mark the run this process recorded as started: ``interrupted`` after a signal (a rerun resumes), else
+    ``failed``. Returns the interrupt's one line (None otherwise)."""
+    from pl_petune.signals import interrupt_of
+
+    stop = interrupt_of(err)
+    if not _ACTIVE:
+        return f"{stop}; nothing was recorded yet, rerun the same command" if stop is not None else None
+    try:
+        if stop is not None:
+            resume = _ACTIVE["cli"].mark_interrupted(stop.name)
+            where = f"resumes from {resume}" if resume else "starts over (no checkpoint yet)"
+            return (f"{stop}; run {_ACTIVE['key']} is marked interrupted: rerun the same command and it {where}")
+        _ACTIVE["store"].mark_failed(_ACTIVE["key"], f"{type(err).__name__}: {err}")
+    except Exception:  # the disk that just filled up may not take the mark either; the error line says why
+        if known is None:
+            raise
+    return None

@@ -23,7 +23,7 @@ from pl_petune.records import SCHEMA_VERSION, RecordError, validate
 STORE_SCHEMA = 1
 DEFAULT_STORE = "runs/results.sqlite"
 ENV_STORE = "PETUNE_STORE"
-ROW_STATUSES = ("pending", "running", "complete", "failed")
+ROW_STATUSES = ("pending", "running", "complete", "failed", "interrupted")
 # A claim whose owner has not been heard of for this long is considered dead (cross-host runners).
 STALE_AFTER_S = 6 * 3600
 
