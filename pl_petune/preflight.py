@@ -24,6 +24,7 @@ SEED_MAX = 2**32 - 1  # numpy's SeedSequence / RandomState range, which seed_eve
 PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
                             "longformer", "mpnet", "luke", "markuplm"}
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+DUPLICATE = "is given twice"
 
 
 def _get(ns: Any, dotted: str, default: Any = None) -> Any:
@@ -303,15 +304,28 @@ def recipe_paths(argv: Iterable[str]) -> list[Path]:
 
 
 def check_recipe_files(argv: Iterable[str]) -> None:
-    """Every recipe file of ``argv`` must be UTF-8 text (jsonargparse would raise a bare UnicodeDecodeError)."""
+    """Every recipe file of ``argv`` must be UTF-8 text (jsonargparse would raise a bare UnicodeDecodeError)
+    whose mappings give each key once (the message names the file; YAML syntax errors are left to jsonargparse)."""
+    import yaml
+
+    strict_yaml()
+    from jsonargparse._loaders_dumpers import get_yaml_default_loader
+
     for path in recipe_paths(argv):
         data = path.read_bytes()
         try:
-            data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             line = data[: err.start].count(b"\n") + 1
             raise ConfigError(f"recipe {str(path)!r} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
                               "save it as UTF-8") from None
+        try:
+            yaml.load(text, Loader=get_yaml_default_loader())
+        except yaml.constructor.ConstructorError as err:
+            if DUPLICATE in str(err.problem):
+                raise ConfigError(f"recipe {str(path)!r}: {err.problem}") from None
+        except yaml.YAMLError:
+            pass
 
 
 def strict_yaml() -> None:
@@ -335,7 +349,7 @@ def strict_yaml() -> None:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                    None, None, f"key {key!r} {DUPLICATE} (lines {seen[key]} and {key_node.start_mark.line + 1}); "
                     "YAML keys must be unique: keep one", key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
         return yaml.constructor.SafeConstructor.construct_yaml_map(self, node)
