@@ -39,6 +39,7 @@ class RunGuard:
         self.hold = HoldBack()
         self.interrupts = InterruptGuard()
         self.lock: Optional[RunLock] = None
+        self.key: Optional[str] = None
         self.started = False
 
     # ---- before classes are built -----------------------------------------------------------------------------
@@ -49,6 +50,7 @@ class RunGuard:
     def take_run(self, run_dir: Path, key: str) -> None:
         """Own ``run_dir`` (refused with :class:`~pl_petune.runlock.RunBusyError` when another process does)."""
         self.lock = RunLock(run_dir, label=f"run {key}")
+        self.key = key
 
     def resume_file(self, ckpt_dir: Path) -> Optional[Path]:
         """The intact checkpoint to resume from (damaged ones set aside with a warning), or None."""
@@ -69,6 +71,17 @@ class RunGuard:
         """All checks passed and the run is recorded: show what was held back."""
         self.started = True
         self.hold.release()
+
+    def interrupt_line(self, err: BaseException) -> Optional[str]:
+        """The one line for a run a signal stopped (None if ``err`` is no interrupt)."""
+        stop = interrupt_of(err)
+        if stop is None:
+            return None
+        if self.lock is None or not self.started:
+            return f"{stop} before training started; nothing was recorded: rerun the same command"
+        last = self.lock.run_dir / "checkpoints" / "last.ckpt"
+        where = f"resumes from {last}" if last.is_file() else "starts over (no checkpoint was saved yet)"
+        return f"{stop}; run {self.key} is marked interrupted: rerun the same command and it {where}"
 
     # ---- the end ----------------------------------------------------------------------------------------------
     def close(self) -> None:

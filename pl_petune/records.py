@@ -64,6 +64,17 @@ def run_key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: nested dicts become dotted keys; other values stay as they are."""
+    out: dict[str, Any] = {}
+    if isinstance(d, Mapping):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
 def validate(record: Mapping[str, Any]) -> None:
     """Raise :class:`RecordError` naming the first problem with ``record``."""
     schema = record.get("schema")

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from torch.utils.data import DataLoader, Sampler
 
 from pl_petune.backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
@@ -199,31 +200,77 @@ class TaskDataModule(L.LightningDataModule):
         self._tok = None
         self._official: dict[str, Any] = {}
         self._split: Split | None = None
-        self._heldout_locked = False
+        self.leaky_test = False
+        self._fit_completed = False
+        self._heldout_checkpoint: str | None = None
+        self._heldout_scored = False
+        self._in_fit = False
         self.datasets: dict[str, Any] = {}
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-able (what a :class:`~pl_petune.recorder.RunRecorder` records)."""
+        return {"task": self.task, "data_dir": self.data_dir, "protocol": self.protocol, "data_seed": self.data_seed,
+                "tokenizer": self.tokenizer_name, "max_length": self.max_length, "batch_size": self.batch_size,
+                "eval_batch_size": self.eval_batch_size, "dev_fraction": self.dev_fraction,
+                "train_limit": self.train_limit, "pad_to_max_length": self.pad_to_max_length,
+                "num_workers": self.num_workers, "group_by_length": self.group_by_length,
+                "ood": {n: {"task": o.task, "split": o.split, "label_map": dict(o.label_map)}
+                        for n, o in self.ood.items()}}
 
     # ---- the held-out guard --------------------------------------------------------------------
     @property
     def leaky(self) -> bool:
-        return self.protocol in LEAKY
+        """Whether the held-out scores of this data module are not a held-out result: a leaky protocol, or a
+        test pass asked for with :meth:`allow_leaky_test`."""
+        return self.protocol in LEAKY or self.leaky_test
 
-    def _guard_heldout(self) -> None:
+    def allow_leaky_test(self) -> None:
+        """Let the test split be scored without the protocol's conditions (no completed fit, any checkpoint,
+        any number of times). Every record and output of such a pass says ``leaky`` (``petune test
+        --run.allow_leaky_test true``)."""
+        self.leaky_test = True
+
+    def permit_heldout_pass(self, checkpoint: str) -> None:
+        """Allow one test pass with ``checkpoint``, the recorded best-on-dev checkpoint of a complete run.
+
+        ``petune test`` calls this after checking the run's ``record.json`` (complete, same task, protocol and
+        split seed, the checkpoint's SHA-256): it scores the recorded held-out pass again, no new selection.
+        """
+        self._heldout_checkpoint = str(checkpoint)
+        self._fit_completed = True
+
+    def _heldout_refusal(self, what: str, testing: bool) -> str | None:
+        """Why ``what`` may not be read now (None: it may). See docs/protocol.md."""
         if self.leaky:
-            return
-        fitting = self._trainer_fitting()
-        if self._heldout_locked or fitting:
-            raise HeldOutAccessError(
-                f"the held-out test split of {self.task} was requested before fit ended under protocol "
-                f"{self.protocol!r}; test only after fit (petune fit does it once, with the best checkpoint)"
-            )
-
-    def _trainer_fitting(self) -> bool:
+            return None
+        head = f"the held-out test split of {self.task} (protocol {self.protocol!r}) was requested {what}"
+        hint = ("; petune fit scores it once with the best-on-dev checkpoint (dm.allow_leaky_test() or "
+                "--run.allow_leaky_test true scores it anyway, marked leaky)")
         trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return False
-        from lightning.pytorch.trainer.states import TrainerFn
+        running = trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+        fn = trainer.state.fn if running else None
+        if fn == TrainerFn.FITTING:
+            return head + " during fit" + hint
+        if not self._fit_completed:
+            return head + " before any fit completed on this data module" + hint
+        if not testing:
+            return None
+        if fn != TrainerFn.TESTING:
+            return head + " outside trainer.test" + hint
+        if self._heldout_scored:
+            return head + " a second time; it is scored once per completed fit" + hint
+        best, given = self._heldout_checkpoint, trainer.ckpt_path  # type: ignore[union-attr]
+        if not best:
+            return head + " but the fit saved no best-on-dev checkpoint (add a ModelCheckpoint on a dev metric)" + hint
+        if given is None or Path(str(given)).resolve() != Path(best).resolve():
+            return head + f" with checkpoint {given!r}; it is scored with the fit's best-on-dev checkpoint " \
+                          f"{best!r} (trainer.test(..., ckpt_path='best'))" + hint
+        return None
 
-        return trainer.state.fn == TrainerFn.FITTING
+    def _guard_heldout(self, what: str = "", testing: bool = False) -> None:
+        refusal = self._heldout_refusal(what, testing)
+        if refusal is not None:
+            raise HeldOutAccessError(refusal.replace("  ", " "))
 
     # ---- data -------------------------------------------------------------------------------------
     @property
@@ -233,7 +280,19 @@ class TaskDataModule(L.LightningDataModule):
         return self._tok
 
     def official(self, split: str):
-        """The tokenized official split (``train`` or ``dev``), from the cache when possible."""
+        """The tokenized official split (``train`` or ``dev``), from the cache when possible.
+
+        Raises:
+            HeldOutAccessError: the split holds held-out rows (``dev`` under every non-leaky protocol) and the
+                held-out split may not be read now.
+        """
+        if split not in ("train", "dev"):
+            raise ConfigError(f"unknown official split {split!r}; allowed: train, dev")
+        if self.split().parts["test"][0] == split:
+            self._guard_heldout(f"through official({split!r}), which holds it,")
+        return self._official_split(split)
+
+    def _official_split(self, split: str):
         if split not in self._official:
             self._official[split] = self._tokenized(split)
         return self._official[split]
@@ -283,21 +342,23 @@ class TaskDataModule(L.LightningDataModule):
     def split(self) -> Split:
         """The protocol's index split (computed from labels only; the test rows are not materialised)."""
         if self._split is None:
-            train_labels = self.official("train")["label"]
-            dev_labels = self.official("dev")["label"]
+            train_labels = self._official_split("train")["label"]
+            dev_labels = self._official_split("dev")["label"]
             regression = self.spec.kind == "regression"
             split = make_split(self.protocol, train_labels, dev_labels, self.data_seed, self.dev_fraction, regression)
             src, _ = split.parts["train"]
-            self._split = limit_train(split, self.train_limit, self.data_seed, self.official(src)["label"])
+            self._split = limit_train(split, self.train_limit, self.data_seed, self._official_split(src)["label"])
         return self._split
 
     def _part(self, name: str):
         src, idx = self.split().parts[name]
-        return self.official(src).select(idx.tolist())
+        return self._official_split(src).select(idx.tolist())
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self._heldout_locked = True
+            self._fit_completed = False  # a new fit: the held-out split waits for its end
+            self._in_fit = True
+            self._heldout_checkpoint = None
             self.datasets["train"] = self._part("train")
             self.datasets["dev"] = self._part("dev")
         elif stage == "validate":
@@ -306,11 +367,12 @@ class TaskDataModule(L.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         if stage == "fit":
-            self._heldout_locked = False  # fit has ended: the held-out split may be read once
-
-    def unlock_heldout(self) -> None:
-        """Declare that fit has ended (for callers that run fit outside this process)."""
-        self._heldout_locked = False
+            self._in_fit = False
+        trainer = getattr(self, "trainer", None)
+        # Lightning calls teardown("fit") only when fit returns normally (not after an exception).
+        if stage == "fit" and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            self._fit_completed = True
+            self._heldout_checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
 
     def _collator(self) -> Collator:
         return Collator(self.tokenizer.pad_token_id or 0, self.max_length if self.pad_to_max_length else None)
@@ -332,17 +394,29 @@ class TaskDataModule(L.LightningDataModule):
                           num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        self._guard_heldout()
+        """The held-out split: once, in ``trainer.test`` with the best-on-dev checkpoint of a completed fit.
+
+        Raises:
+            HeldOutAccessError: any other time (see docs/protocol.md), unless the protocol is leaky or
+                :meth:`allow_leaky_test` was called.
+        """
+        self._guard_heldout("by test_dataloader()", testing=True)
         ds = self._part("test")
+        self._heldout_scored = True
         self.datasets["test"] = ds
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collator(),
                           num_workers=self.num_workers)
 
     def ood_dataloader(self, name: str) -> DataLoader:
-        """The out-of-distribution set ``name``, labels mapped to the training task's ids (after fit only)."""
+        """The out-of-distribution set ``name``, labels mapped to the training task's ids (refused during fit)."""
         if name not in self.ood:
             raise ConfigError(f"unknown OOD set {name!r}; declared: {', '.join(self.ood) or 'none'}")
-        self._guard_heldout()
+        trainer = getattr(self, "trainer", None)
+        fitting = self._in_fit or (trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+                                   and trainer.state.fn == TrainerFn.FITTING)
+        if fitting and not self.leaky:  # OOD sets are scored after fit, never used to select
+            raise HeldOutAccessError(f"the OOD set {name!r} of {self.task} was requested during fit; it is scored "
+                                     "after the test pass with the best-on-dev checkpoint")
         o = self.ood[name]
         spec = get_task(o.task)
         ids = [self.spec.labels.index(o.label_map[label]) for label in spec.labels]
@@ -355,15 +429,41 @@ class TaskDataModule(L.LightningDataModule):
         return self.split().sizes()
 
     def majority_baseline(self) -> dict[str, float] | None:
-        """Scores of always predicting the train majority class on the test split (classification only)."""
+        """Scores of always predicting the train majority class on the test split (classification only).
+
+        Raises:
+            HeldOutAccessError: the held-out split has not been scored yet (its labels are held out too).
+        """
         if self.spec.kind != "classification":
             return None
         from pl_petune.metrics import score_predictions
 
         train = np.asarray(self._part("train")["label"])
         majority = int(np.bincount(train).argmax())
-        test = np.asarray(self.datasets["test"]["label"] if "test" in self.datasets else self._part("test")["label"])
+        test = self._heldout_labels("the majority baseline")
         return score_predictions(self.spec, np.full_like(test, majority), test)
+
+    def mean_baseline(self) -> dict[str, float | None] | None:
+        """A constant prediction of the train labels' mean on the test split (regression only).
+
+        Returns:
+            ``{"prediction": train mean, "mse": its mean squared error on the test split, "pearson": None,
+            "spearman": None}``: the correlations of a constant prediction are undefined (zero variance), so
+            they are None, never a number. The model's ``test/loss`` is its MSE, comparable with ``mse``.
+        """
+        if self.spec.kind != "regression":
+            return None
+        mean = float(np.mean(np.asarray(self._part("train")["label"], dtype=float)))
+        test = self._heldout_labels("the mean baseline").astype(float)
+        return {"prediction": mean, "mse": float(np.mean((test - mean) ** 2)), "pearson": None, "spearman": None}
+
+    def _heldout_labels(self, what: str) -> np.ndarray:
+        if "test" not in self.datasets:
+            if not self.leaky:
+                raise HeldOutAccessError(f"{what} of {self.task} reads the held-out labels; it is computed "
+                                         "after the held-out pass (trainer.test)")
+            self.datasets["test"] = self._part("test")
+        return np.asarray(self.datasets["test"]["label"])
 
 
 def _check_ood(name: str, o: OODSet, train) -> OODSet:

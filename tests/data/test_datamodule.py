@@ -13,14 +13,29 @@ def _dm(tiny_bert, data_dir, **kw):
     return TaskDataModule(**{"task": "cb", "data_dir": data_dir, "tokenizer": tiny_bert, "data_seed": 7, **kw})
 
 
-def test_heldout_guard_before_fit_end(tiny_bert, data_dir):
+def test_a_fresh_data_module_gives_no_held_out_rows(tiny_bert, data_dir):
+    """No trainer, no completed fit: test_dataloader, official('dev') and the baseline are refused, even after
+    the hooks a fit would call were called by hand."""
     dm = _dm(tiny_bert, data_dir)
+    for attempt in (dm.test_dataloader, lambda: dm.official("dev")):
+        with pytest.raises(HeldOutAccessError, match="before any fit completed on this data module"):
+            attempt()
+    with pytest.raises(HeldOutAccessError, match="majority baseline of cb reads the held-out labels"):
+        dm.majority_baseline()
     dm.setup("fit")
-    with pytest.raises(HeldOutAccessError, match="before fit ended under protocol 'train_split'"):
+    dm.teardown("fit")  # by hand, no trainer: not a completed fit
+    with pytest.raises(HeldOutAccessError, match="before any fit completed"):
         dm.test_dataloader()
-    dm.teardown("fit")  # Lightning calls this when fit has ended
-    batch = next(iter(dm.test_dataloader()))
-    assert batch["input_ids"].shape[0] == 32
+    assert len(dm.official("train")) == 250  # train holds no held-out row under train_split
+    with pytest.raises(Exception, match="unknown official split 'test'; allowed: train, dev"):
+        dm.official("test")
+
+
+def test_allow_leaky_test_opens_it_and_marks_it_leaky(tiny_bert, data_dir):
+    dm = _dm(tiny_bert, data_dir)
+    assert not dm.leaky
+    dm.allow_leaky_test()
+    assert dm.leaky and next(iter(dm.test_dataloader()))["input_ids"].shape[0] == 32
 
 
 def test_heldout_guard_inside_a_running_fit(tiny_bert, data_dir):
@@ -43,7 +58,7 @@ def test_heldout_guard_inside_a_running_fit(tiny_bert, data_dir):
                         enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(HeldOutAccessError):
         trainer.fit(model, datamodule=dm)
-    assert "requested before fit ended" in seen["err"]
+    assert "requested by test_dataloader() during fit" in seen["err"]
 
 
 def test_leaky_protocol_allows_dev_as_test(tiny_bert, data_dir):

@@ -1,0 +1,282 @@
+"""The run lifecycle as a Lightning callback: ``running`` → dev history → ``complete`` or ``failed``.
+
+``petune fit`` adds a :class:`RunRecorder` to its trainer; a plain Lightning user gets the same run folder,
+``record.json`` and store row by adding one to their own ``Trainer``::
+
+    trainer = L.Trainer(callbacks=[ModelCheckpoint(monitor="dev/loss", dirpath=...), RunRecorder(out_dir="runs")])
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, ckpt_path="best")   # the held-out pass completes the record
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from typing_extensions import override
+
+from pl_petune.callbacks._common import file_sha256
+from pl_petune.data.module import HeldOutAccessError
+from pl_petune.errors import ConfigError
+from pl_petune.record_build import complete_record, start_record
+from pl_petune.records import run_key, write_json
+from pl_petune.store import Store, default_store_path
+
+
+class RunRecorder(Callback):
+    """Writes a run's record into its run folder and the results store as the run goes.
+
+    Fit start writes the ``running`` record (``<run_dir>/record.json`` and the store); every dev epoch adds its
+    ``dev/*`` metrics to the history; the end of the test pass after a completed fit writes the ``complete``
+    record (best-on-dev selection, held-out scores, OOD sets, W&B summary); an exception marks the run
+    ``failed``; teardown after the test pass removes the checkpoints unless ``keep_checkpoints``.
+
+    Args:
+        out_dir: root of run folders; a run gets ``<out_dir>/<task>/<method>/<run key>/`` unless ``run_dir``.
+        store: the SQLite results store (default ``$PETUNE_STORE`` or ``runs/results.sqlite``).
+        keep_checkpoints: keep ``<run_dir>/checkpoints`` after the test pass (the record keeps their hash).
+        name: optional label stored in the record (e.g. a sweep name).
+        run_key: the run's key; default: the hash of ``identity``.
+        run_dir: the run folder; default under ``out_dir``.
+        identity: what identifies the run; default: the module's hyper-parameters, the data module's
+            config and the trainer's epoch limit.
+        hparams: the record's ``hparams``; default: ``identity``.
+        model_class: the record's ``model_class``; default: the module's import path.
+        seed_mode: ``separate`` or ``tied`` (PETuning's one seed for both).
+        resumed: whether this attempt continues from an earlier one's checkpoint.
+    """
+
+    def __init__(
+        self,
+        out_dir: str = "runs",
+        store: Optional[str] = None,
+        keep_checkpoints: bool = False,
+        name: Optional[str] = None,
+        *,
+        run_key: Optional[str] = None,
+        run_dir: Optional[str] = None,
+        identity: Optional[Mapping[str, Any]] = None,
+        hparams: Optional[Mapping[str, Any]] = None,
+        model_class: Optional[str] = None,
+        seed_mode: str = "separate",
+        resumed: bool = False,
+    ) -> None:
+        if seed_mode not in ("separate", "tied"):
+            raise ConfigError(f"seed_mode {seed_mode!r} is unknown; allowed: separate, tied")
+        self.out_dir = out_dir
+        self.store_path = store
+        self.keep_checkpoints = keep_checkpoints
+        self.name = name
+        self.run_key = run_key
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.identity = dict(identity) if identity is not None else None
+        self.hparams = dict(hparams) if hparams is not None else None
+        self.model_class = model_class
+        self.seed_mode = seed_mode
+        self.resumed = resumed
+        self.record: Optional[dict[str, Any]] = None
+        self.history: dict[int, dict[str, float]] = {}
+        self._store: Optional[Store] = None
+        self._t0 = 0.0
+        self._fit_ended = False
+
+    # ---- identity of a plain-Lightning run ---------------------------------------------------------
+    def _resolve(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "split_sizes") or not hasattr(pl_module, "parameter_report"):
+            raise ConfigError("RunRecorder records pl_petune runs: fit a pl_petune method module with a "
+                              "pl_petune.data.TaskDataModule (trainer.fit(model, datamodule=dm))")
+        cls = type(pl_module)
+        if self.model_class is None:
+            self.model_class = f"{cls.__module__}.{cls.__qualname__}"
+        if self.identity is None:
+            self.identity = {"model.class_path": self.model_class,
+                             **{f"model.init_args.{k}": v for k, v in pl_module.hparams.items()},
+                             **{f"data.{k}": v for k, v in dm.config().items() if k not in ("data_dir", "num_workers",
+                                                                                           "eval_batch_size")},
+                             "trainer.max_epochs": trainer.max_epochs}
+        if self.hparams is None:
+            self.hparams = dict(self.identity)
+        if self.run_key is None:
+            self.run_key = run_key(self.identity)
+        if self.run_dir is None:
+            self.run_dir = Path(self.out_dir) / pl_module.spec.name / _method(pl_module) / self.run_key
+
+    def _extras(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """What the module and callbacks add to the record (``record_extra()``: stage plans, solvers, ...)."""
+        extra: dict[str, Any] = {}
+        for obj in [pl_module, *trainer.callbacks]:
+            fn = getattr(obj, "record_extra", None)
+            if callable(fn):
+                extra.update(fn())
+        return extra
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._store is not None and self.run_dir is not None
+        self.record = record
+        if record["status"] != "complete" and self._keeps_complete():
+            return  # a rerun: the earlier complete record stays (store and record.json) until this one completes
+        self._store.put(record)
+        write_json(self.run_dir / "record.json", record)
+
+    def _keeps_complete(self) -> bool:
+        """Whether the store or ``record.json`` already holds this run's complete record."""
+        assert self._store is not None and self.run_dir is not None
+        if self._store.status(str(self.run_key)) == "complete":
+            return True
+        try:
+            return json.loads((self.run_dir / "record.json").read_text()).get("status") == "complete"
+        except (OSError, ValueError):
+            return False
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._resolve(trainer, pl_module)
+        dm = trainer.datamodule
+        self._t0 = time.time()
+        self._fit_ended = False
+        self._store = Store(self.store_path or default_store_path())
+        ckpt = trainer.checkpoint_callback
+        assert self.run_dir is not None and self.run_key is not None and self.hparams is not None
+        self._write(start_record(
+            run_key=self.run_key, spec=pl_module.spec, method=_method(pl_module), model_class=str(self.model_class),
+            backbone=pl_module.hparams.get("backbone"), protocol=dm.protocol, leaky=dm.leaky,
+            init_seed=pl_module.hparams.get("init_seed"), data_seed=dm.data_seed, seed_mode=self.seed_mode,
+            hparams=self.hparams, identity=self.identity or {}, monitor=getattr(ckpt, "monitor", None),
+            sizes=dm.split_sizes(), param_report=pl_module.parameter_report(), run_dir=str(self.run_dir),
+            resumed=self.resumed, name=self.name, extra=self._extras(trainer, pl_module),
+        ))
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.history[trainer.current_epoch] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                                               if k.startswith("dev/")}
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_ended = True
+
+    @override
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._fit_ended or self.record is None or self.record["status"] != "running":
+            return
+        ckpt = trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "")
+        if not best:
+            return
+        dm = trainer.datamodule
+        best_epoch = _checkpoint_epoch(best)
+        record = complete_record(
+            self.record, best_path=best, best_sha256=file_sha256(best),
+            best_score=float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+            best_epoch=best_epoch, dev_metrics=self.history.get(best_epoch, {}) if best_epoch is not None else {},
+            test_metrics={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
+            epochs=trainer.current_epoch, steps=trainer.global_step, wall_time_s=time.time() - self._t0,
+            majority_baseline=dm.majority_baseline(),
+            early_stopped=bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0)),
+            extra=self._extras(trainer, pl_module),
+        )
+        record["leaky"] = bool(dm.leaky)  # a test pass the user let leak (dm.allow_leaky_test()) is flagged too
+        if dm.ood:  # the same best weights the test pass loaded, on each declared OOD set (docs/analyses.md)
+            from pl_petune.inference import evaluate_ood
+
+            record["ood_metrics"], record["ood_sizes"] = evaluate_ood(pl_module, dm)
+            record["ood_sets"] = {n: {"task": o.task, "split": o.split, "label_map": dict(o.label_map)}
+                                  for n, o in dm.ood.items()}
+        self._write(record)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "test" or self.record is None or self.record["status"] != "complete":
+            return
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if type(logger).__name__ == "WandbLogger" and exp is not None:
+                from pl_petune.record_build import log_record_to_wandb
+
+                log_record_to_wandb(exp, self.record)
+                exp.finish()  # flush it; a later fit in this process starts its own W&B run
+        if not self.keep_checkpoints and self.run_dir is not None:
+            discard_checkpoints(self.run_dir / "checkpoints")
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, HeldOutAccessError):  # a refused read scored nothing: the run can still complete
+            return
+        self.fail(exception)
+
+    def fail(self, err: BaseException) -> None:
+        """Mark a started, unfinished run ``failed``, or ``interrupted`` (resumable) when a signal stopped it
+        (store and ``record.json``); a no-op otherwise. A rerun's earlier complete record is kept."""
+        if self.record is None or self.record["status"] != "running" or self._store is None:
+            return
+        from pl_petune.signals import interrupt_of
+
+        assert self.run_dir is not None
+        stop = interrupt_of(err)
+        reason = f"{type(err).__name__}: {err}"
+        record = {**self.record, "status": "interrupted" if stop else "failed", "error": reason[-2000:]}
+        if stop is not None:
+            last = self.run_dir / "checkpoints" / "last.ckpt"
+            record["extra"] = {**record.get("extra", {}), "interrupted": {
+                "signal": stop.name, "resume_from": str(last) if last.is_file() else None}}
+        self.record = record
+        try:
+            if self._keeps_complete():
+                return
+            if stop is not None:
+                self._store.put(record)
+            else:
+                self._store.mark_failed(str(self.run_key), reason)
+            write_json(self.run_dir / "record.json", record)
+        except (OSError, sqlite3.Error):  # a full disk may not take the mark either; the error's own line says why
+            pass
+
+    # ---- resume ------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {int(k): v for k, v in state_dict.get("history", {}).items()}
+
+
+def _method(pl_module: L.LightningModule) -> str:
+    return getattr(type(pl_module), "method_name", type(pl_module).__name__)
+
+
+def _checkpoint_epoch(path: str) -> Optional[int]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state.get("epoch"))
+    except Exception:
+        return None
+
+
+def discard_checkpoints(ckpt_dir: Path) -> None:
+    """Remove a finished run's checkpoint folder so that a kill at any instant leaves no resumable half of it.
+
+    The folder is first renamed (atomic on one file system), then deleted: a rerun never finds a ``last.ckpt``
+    whose best checkpoint was already removed. Leftovers of an interrupted deletion are swept on the next call.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    for old in ckpt_dir.parent.glob(f".{ckpt_dir.name}.discard-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    if ckpt_dir.exists():
+        trash = ckpt_dir.with_name(f".{ckpt_dir.name}.discard-{os.getpid()}-{time.time_ns()}")
+        os.replace(ckpt_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
