@@ -223,7 +223,7 @@ def check_model_data(model_args: Any, data: Any, check_backbone: bool = True) ->
     extra = _get(model_args, "prompt_length", 0) or 0  # prompt tuning puts its soft tokens in the sequence
     if limit is not None and _is_int(max_length) and max_length + extra > limit:
         used = f"data.max_length {max_length}" + (f" + {extra} prompt tokens" if extra else "")
-        raise ConfigError(f"{used} is beyond backbone {backbone!r}'s {limit} positions; use data.max_length <= "
+        raise ConfigError(f"{used} is beyond the {limit} positions of backbone {backbone!r}; use data.max_length <= "
                           f"{limit - extra}")
 
 
@@ -311,6 +311,8 @@ def check_recipe_files(argv: Iterable[str]) -> None:
     strict_yaml()
     from jsonargparse._loaders_dumpers import get_yaml_default_loader
 
+    StrictSafeLoader = get_yaml_default_loader()
+    assert issubclass(StrictSafeLoader, yaml.SafeLoader) or issubclass(StrictSafeLoader, yaml.CSafeLoader)
     for path in recipe_paths(argv):
         data = path.read_bytes()
         try:
@@ -320,7 +322,7 @@ def check_recipe_files(argv: Iterable[str]) -> None:
             raise ConfigError(f"recipe {str(path)!r} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
                               "save it as UTF-8") from None
         try:
-            yaml.load(text, Loader=get_yaml_default_loader())
+            yaml.load(text, Loader=StrictSafeLoader)
         except yaml.constructor.ConstructorError as err:
             if DUPLICATE in str(err.problem):
                 raise ConfigError(f"recipe {str(path)!r}: {err.problem}") from None

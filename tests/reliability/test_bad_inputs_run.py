@@ -41,7 +41,7 @@ def _missing_accelerator() -> str:
 # (id, args after the recipe and the test's defaults, regex the one line must match). ``r`` is the test folder.
 FIT = [
     ("max_length beyond the backbone's positions", lambda r: ["--data.max_length", "512"],
-     r"data.max_length 512 is beyond backbone '.*'s 140 positions; use data.max_length <= 140"),
+     r"data.max_length 512 is beyond the 140 positions of backbone '.*'; use data.max_length <= 140"),
     ("negative epochs", lambda r: ["--trainer.max_epochs", "-3"],
      r"trainer.max_epochs -3 trains nothing to select; use a whole number of epochs >= 1"),
     ("zero epochs", lambda r: ["--trainer.max_epochs", "0"], r"trainer.max_epochs 0 trains nothing to select"),
@@ -155,7 +155,7 @@ def test_bad_tool_argument_is_one_line(tmp_path, capsys, monkeypatch, name, argv
 
 HOLD = """
 import sys, time
-from pl_petune.lightning_cli import parse_only, run_key_for, _apply_protocol, _method_name
+from pl_petune.lightning_cli import run_key_for
 from pl_petune.runlock import RunLock
 from pathlib import Path
 argv = sys.argv[1:]
