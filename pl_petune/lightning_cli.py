@@ -109,9 +109,12 @@ class PetuneCLI(LightningCLI):
         # Lightning reads --ckpt_path's hyper-parameters right after parsing: a missing or foreign file is refused
         # first, in one line, instead of torch.load's traceback.
         if self.config.get("subcommand"):
-            from pl_petune.preflight import check_ckpt_path
+            from pl_petune.preflight import check_ckpt_path, check_seed
 
-            check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+            sub = self.config[self.config.subcommand]
+            check_ckpt_path(sub.get("ckpt_path"))
+            seed = sub.get("seed_everything")
+            check_seed("seed_everything", None if isinstance(seed, bool) else seed)  # seeded right after this
         super()._parse_ckpt_path()
 
     # ---- before the classes exist: seeds, monitor direction, run folder, resume ------------------------

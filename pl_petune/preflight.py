@@ -87,6 +87,12 @@ def check_trainer(trainer: Any, fitting: bool) -> None:
                 raise ConfigError(f"trainer.check_val_every_n_epoch {every} is more than trainer.max_epochs "
                                   f"{max_epochs}: the development split would never be evaluated; use at most "
                                   f"{max_epochs}")
+        min_epochs = _get(trainer, "min_epochs")
+        if min_epochs is not None and (not _is_int(min_epochs) or min_epochs < 0
+                                       or (_is_int(max_epochs) and min_epochs > max_epochs)):
+            raise ConfigError(f"trainer.min_epochs {min_epochs!r} must be a whole number from 0 to trainer.max_epochs "
+                              f"{max_epochs}")
+        check_devices(_get(trainer, "devices"))
     acc = _get(trainer, "accumulate_grad_batches")
     if acc is not None and (not _is_int(acc) or acc < 1):
         raise ConfigError(f"trainer.accumulate_grad_batches {acc!r} must be a whole number >= 1")
@@ -101,6 +107,28 @@ def check_trainer(trainer: Any, fitting: bool) -> None:
     if sanity is not None and (not _is_int(sanity) or sanity < -1):
         raise ConfigError(f"trainer.num_sanity_val_steps {sanity!r} must be -1 (all), 0 (none) or a number >= 1")
     check_accelerator(_get(trainer, "accelerator"), _get(trainer, "devices"))
+    check_precision(_get(trainer, "precision"), _get(trainer, "accelerator"))
+
+
+def check_devices(devices: Any) -> None:
+    """``petune fit`` is one run in one process on one device (its lock, record and single test pass)."""
+    many = (_is_int(devices) and devices > 1) or (isinstance(devices, (list, tuple)) and len(devices) > 1) or (
+        isinstance(devices, str) and (devices.strip().isdigit() and int(devices) > 1 or "," in devices.strip(", ")))
+    if many:
+        raise ConfigError(f"trainer.devices {devices!r} would train one run on several devices; petune fit trains one "
+                          "run on one device (use 1, or petune sweep --workers/--devices to run runs side by side)")
+
+
+def check_precision(precision: Any, accelerator: Any) -> None:
+    """float16 training needs a GPU: on CPU Lightning fails mid-training (its grad scaler and clipping)."""
+    if str(precision) not in ("16", "16-mixed", "16-true"):
+        return
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if on_cpu:
+        raise ConfigError(f"trainer.precision {str(precision)!r} needs a GPU and runs on CPU here; use 32-true or "
+                          "bf16-mixed")
 
 
 def check_accelerator(accelerator: Any, devices: Any = None) -> None:
