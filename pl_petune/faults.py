@@ -29,28 +29,37 @@ EXIT_USAGE = 2
 class RunGuard:
     """The fault handling of one ``petune`` Lightning command (one per process run).
 
+    Args:
+        hold_output: hold library output until training starts (only where :meth:`close` is sure to run, as in
+            ``run_lightning_cli``; a bare ``make_cli`` from Python keeps its output as it comes).
+
     Attributes:
         hold: library output held until training starts.
         interrupts: the SIGTERM/SIGINT guard (also a Trainer callback).
         lock: the run folder's lock, once taken.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hold_output: bool = True) -> None:
+        self.hold_output = hold_output
         self.hold = HoldBack()
         self.interrupts = InterruptGuard()
         self.lock: Optional[RunLock] = None
         self.key: Optional[str] = None
+        self.run_dir: Optional[Path] = None
         self.started = False
 
     # ---- before classes are built -----------------------------------------------------------------------------
     def setup_begins(self) -> None:
         """Parsing is done: from now on library banners wait until training starts."""
-        self.hold.start()
+        if self.hold_output:
+            self.hold.start()
 
     def take_run(self, run_dir: Path, key: str) -> None:
         """Own ``run_dir`` (refused with :class:`~pl_petune.runlock.RunBusyError` when another process does)."""
+        if self.lock is not None:  # a process that builds several CLIs (make_cli from Python) owns one run at a time
+            self.lock.release()
         self.lock = RunLock(run_dir, label=f"run {key}")
-        self.key = key
+        self.key, self.run_dir = key, Path(run_dir)
 
     def resume_file(self, ckpt_dir: Path) -> Optional[Path]:
         """The intact checkpoint to resume from (damaged ones set aside with a warning), or None."""
@@ -77,9 +86,9 @@ class RunGuard:
         stop = interrupt_of(err)
         if stop is None:
             return None
-        if self.lock is None or not self.started:
+        if self.run_dir is None or not self.started:
             return f"{stop} before training started; nothing was recorded: rerun the same command"
-        last = self.lock.run_dir / "checkpoints" / "last.ckpt"
+        last = self.run_dir / "checkpoints" / "last.ckpt"
         where = f"resumes from {last}" if last.is_file() else "starts over (no checkpoint was saved yet)"
         return f"{stop}; run {self.key} is marked interrupted: rerun the same command and it {where}"
 

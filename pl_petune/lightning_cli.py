@@ -81,7 +81,7 @@ class AlreadyComplete(Exception):
 
 
 # Fault handling of the command being run (lock, held output, signal guard); run_lightning_cli replaces it.
-_GUARD: list[RunGuard] = [RunGuard()]
+_GUARD: list[RunGuard] = [RunGuard(hold_output=False)]
 
 
 class PetuneCLI(LightningCLI):
@@ -353,4 +353,5 @@ def run_lightning_cli(argv: list[str]) -> int:
         raise
     finally:
         guard.close()
+        _GUARD[0] = RunGuard(hold_output=False)
     return 0
