@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_lightning_cli(resolve_config_args(argv))
         if cmd in TOOLS:
+            from pl_petune.usage import one_line_usage
+
             module, func = TOOLS[cmd].split(":")
-            return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+            with one_line_usage():
+                return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
     except (UsageError, PetuneError) as err:
         print(f"petune {cmd}: error: {err}", file=sys.stderr)
         return 2

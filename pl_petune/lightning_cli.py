@@ -27,6 +27,7 @@ from pl_petune.data.module import TaskDataModule, check_data_files
 from pl_petune.callbacks._common import file_sha256
 from pl_petune.data.protocols import LEAKY
 from pl_petune.errors import ConfigError, PetuneError
+from pl_petune.faults import RunGuard, one_line
 from pl_petune.identity import (ALWAYS_IDENTITY, NON_IDENTITY, apply_protocol, hparams, identity, method_name,
                                 run_key_for, to_dict)
 from pl_petune.methods import PetuneModule
@@ -79,6 +80,10 @@ class AlreadyComplete(Exception):
     """The run's record is complete in the store: nothing to train (``run.rerun`` forces it)."""
 
 
+# Fault handling of the command being run (lock, held output, signal guard); run_lightning_cli replaces it.
+_GUARD: list[RunGuard] = [RunGuard(hold_output=False)]
+
+
 class PetuneCLI(LightningCLI):
     """The Lightning CLI, plus the protocol: dev-only stopping, one test pass, a run record."""
 
@@ -100,10 +105,27 @@ class PetuneCLI(LightningCLI):
         })
         parser.link_arguments("early_stopping.monitor", "checkpoint.monitor")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path's hyper-parameters right after parsing: a missing or foreign file is refused
+        # first, in one line, instead of torch.load's traceback.
+        if self.config.get("subcommand"):
+            from pl_petune.preflight import check_ckpt_path, check_seed
+
+            sub = self.config[self.config.subcommand]
+            check_ckpt_path(sub.get("ckpt_path"))
+            seed = sub.get("seed_everything")
+            check_seed("seed_everything", None if isinstance(seed, bool) else seed)  # seeded right after this
+        super()._parse_ckpt_path()
+
     # ---- before the classes exist: seeds, monitor direction, run folder, resume ------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run = cfg.run
+        guard = _GUARD[0]
+        guard.setup_begins()
+        from pl_petune.preflight import check_config
+
+        check_config(cfg, self.subcommand or "fit")
         spec = apply_protocol(cfg)
         check_data_files(cfg.data.task, cfg.data.data_dir, to_dict(cfg.data.ood) if cfg.data.ood else None)
         if self.subcommand != "fit":
@@ -131,13 +153,14 @@ class PetuneCLI(LightningCLI):
             if done is not None and done.get("status") == "complete" and done.get("run_key") == key:
                 raise AlreadyComplete(f"petune: run {key} is already complete in {run_dir / 'record.json'}: "
                                       f"{summary_line(done)} (--run.rerun true trains it again)")
+        guard.take_run(run_dir, key)
         cfg.trainer.default_root_dir = str(run_dir)
         cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
         if cfg.trainer.logger in (None, True):
             cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                   "init_args": {"save_dir": str(run_dir), "name": "logs"}}
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if run.resume and cfg.get("ckpt_path") is None and last.is_file():
+        last = guard.resume_file(run_dir / "checkpoints") if run.resume and cfg.get("ckpt_path") is None else None
+        if last is not None:
             cfg.ckpt_path = str(last)
             print(f"petune: resuming run {key} from {last}", file=sys.stderr)
         self._run_info = {"key": key, "dir": run_dir, "method": method, "spec": spec, "identity": ident,
@@ -147,7 +170,10 @@ class PetuneCLI(LightningCLI):
         L.seed_everything(cfg.data.data_seed, workers=True, verbose=False)
 
     def instantiate_trainer(self, **kwargs: Any):
+        guard = _GUARD[0]
+        kwargs["plugins"] = guard.trainer_plugins(self._get(self.config_init, "trainer", default={}).get("plugins"))
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(guard.interrupts)
         info = self._run_info
         if self.subcommand == "fit" and info is not None:
             cfg = self.config.fit
@@ -164,6 +190,7 @@ class PetuneCLI(LightningCLI):
         info = self._run_info
         assert info is not None
         self.datamodule.split_sizes()  # a bad data file or an impossible split is refused before anything is written
+        _GUARD[0].training_begins()
         report = self.model.parameter_report()
         print(f"petune: {info['method']} on {info['spec'].name} [{self.datamodule.protocol}]: "
               f"{report['trainable_params']:,} trainable of {report['total_params']:,} "
@@ -204,6 +231,8 @@ class PetuneCLI(LightningCLI):
             print(f"petune test: leaky: protocol {self.datamodule.protocol!r} selects on the split it reports")
 
     def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "fit":  # validate/test: nothing more to check before Lightning runs
+            _GUARD[0].training_begins()
         try:
             super()._run_subcommand(subcommand)
         except BaseException as err:  # errors outside the trainer's own calls too (no best checkpoint, ...)
@@ -255,6 +284,9 @@ def heldout_permission(cfg: Any) -> Optional[str]:
 
 def make_cli(argv: list[str], run: bool = True) -> PetuneCLI:
     """The ``petune`` Lightning CLI for ``argv`` (``fit|validate|test ...``); ``run=False`` only instantiates."""
+    from pl_petune.preflight import strict_yaml
+
+    strict_yaml()
     return PetuneCLI(
         PetuneModule, TaskDataModule, subclass_mode_model=True, subclass_mode_data=False,
         seed_everything_default=False, args=argv, run=run, auto_configure_optimizers=False,
@@ -290,6 +322,9 @@ def parse_only(argv: list[str]):
 
 def parse_only_cli(argv: list[str]) -> PetuneCLI:
     """The CLI object :func:`parse_only` builds (its ``parser`` can then parse other argvs cheaply)."""
+    from pl_petune.preflight import strict_yaml
+
+    strict_yaml()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_ARGS_WARNING)
         return _ParseOnlyCLI(
@@ -303,17 +338,27 @@ def run_lightning_cli(argv: list[str]) -> int:
     """Run ``petune fit|validate|test``; a user-fixable error prints one line and returns 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=_ARGS_WARNING)
+    guard = _GUARD[0] = RunGuard()
     try:
-        make_cli(argv)
-    except SystemExit as exit_:  # --help, --print_config
-        return int(exit_.code or 0)
+        from pl_petune.preflight import check_recipe_files
+
+        check_recipe_files(argv[1:])
+        with guard.interrupts:
+            make_cli(argv)
     except AlreadyComplete as done:
+        guard.close()
         print(done, file=sys.stderr)
         return 0
     except BaseException as err:
-        cause = petune_cause(err)
-        if cause is not None:
-            print(f"petune {argv[0]}: error: {cause}", file=sys.stderr)
-            return 2
+        guard.close()
+        known = one_line(err)
+        if known is None and isinstance(err, SystemExit):  # --help, --print_config
+            return int(err.code or 0)
+        if known is not None:
+            print(f"petune {argv[0]}: {guard.interrupt_line(err) or 'error: ' + known[0]}", file=sys.stderr)
+            return known[1]
         raise
+    finally:
+        guard.close()
+        _GUARD[0] = RunGuard(hold_output=False)
     return 0

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -121,10 +123,22 @@ class RunRecorder(Callback):
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._store is not None and self.run_dir is not None
-        # this fit's own complete record supersedes a rerun's earlier one (the store refuses that otherwise)
-        self._store.put(record, replace=record.get("status") == "complete")
-        write_json(self.run_dir / "record.json", record)
         self.record = record
+        if record["status"] != "complete" and self._keeps_complete():
+            return  # a rerun: the earlier complete record stays (store and record.json) until this one completes
+        # this fit's own complete record supersedes a rerun's earlier one (the store refuses that otherwise)
+        self._store.put(record, replace=record["status"] == "complete")
+        write_json(self.run_dir / "record.json", record)
+
+    def _keeps_complete(self) -> bool:
+        """Whether the store or ``record.json`` already holds this run's complete record."""
+        assert self._store is not None and self.run_dir is not None
+        if self._store.status(str(self.run_key)) == "complete":
+            return True
+        try:
+            return json.loads((self.run_dir / "record.json").read_text()).get("status") == "complete"
+        except (OSError, ValueError):
+            return False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     @override
@@ -206,14 +220,31 @@ class RunRecorder(Callback):
         self.fail(exception)
 
     def fail(self, err: BaseException) -> None:
-        """Mark a started, unfinished run ``failed`` (store and ``record.json``); a no-op otherwise."""
+        """Mark a started, unfinished run ``failed``, or ``interrupted`` (resumable) when a signal stopped it
+        (store and ``record.json``); a no-op otherwise. A rerun's earlier complete record is kept."""
         if self.record is None or self.record["status"] != "running" or self._store is None:
             return
-        reason = f"{type(err).__name__}: {err}"
-        self._store.mark_failed(str(self.run_key), reason)
-        self.record = {**self.record, "status": "failed", "error": reason[-2000:]}
+        from pl_petune.signals import interrupt_of
+
         assert self.run_dir is not None
-        write_json(self.run_dir / "record.json", self.record)
+        stop = interrupt_of(err)
+        reason = f"{type(err).__name__}: {err}"
+        record = {**self.record, "status": "interrupted" if stop else "failed", "error": reason[-2000:]}
+        if stop is not None:
+            last = self.run_dir / "checkpoints" / "last.ckpt"
+            record["extra"] = {**record.get("extra", {}), "interrupted": {
+                "signal": stop.name, "resume_from": str(last) if last.is_file() else None}}
+        self.record = record
+        try:
+            if self._keeps_complete():
+                return
+            if stop is not None:
+                self._store.put(record)
+            else:
+                self._store.mark_failed(str(self.run_key), reason)
+            write_json(self.run_dir / "record.json", record)
+        except (OSError, sqlite3.Error):  # a full disk may not take the mark either; the error's own line says why
+            pass
 
     # ---- resume ------------------------------------------------------------------------------------------
     @override

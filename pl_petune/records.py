@@ -6,7 +6,7 @@ A record is the only thing statistics and reports read. It carries no torch obje
 =====================  ===========================================================================
 ``schema``             int, :data:`SCHEMA_VERSION`
 ``run_key``            deterministic hash of what identifies the run (see :func:`run_key`)
-``status``             ``running`` | ``complete`` | ``failed``
+``status``             ``running`` | ``complete`` | ``failed`` | ``interrupted`` (stopped by a signal; resumable)
 ``task``               registry name, e.g. ``cb``; ``benchmark`` (``glue``/``super_glue``); ``band``
 ``method``             registry name, e.g. ``finetune``, ``lora``
 ``protocol``           ``train_split`` | ``petuning`` | ``dev_split`` | ``leaky``; ``leaky`` bool
@@ -44,7 +44,7 @@ from typing import Any, Mapping
 from pl_petune.errors import PetuneError
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "complete", "failed")
+STATUSES = ("running", "complete", "failed", "interrupted")
 REQUIRED_COMPLETE = (
     "run_key", "task", "method", "protocol", "init_seed", "data_seed", "primary_metric",
     "higher_is_better", "test_metrics",

@@ -24,7 +24,7 @@ from pl_petune.records import SCHEMA_VERSION, RecordError, validate
 STORE_SCHEMA = 1
 DEFAULT_STORE = "runs/results.sqlite"
 ENV_STORE = "PETUNE_STORE"
-ROW_STATUSES = ("pending", "running", "complete", "failed")
+ROW_STATUSES = ("pending", "running", "complete", "failed", "interrupted")
 # A runner beats every HEARTBEAT_S while its runs train; a claim of another host whose beat is older than
 # STALE_AFTER_S is dead (minutes, so a dead node's runs are taken over soon; ten missed beats, so a busy
 # file system does not make a live claim look dead). Environment overrides: PETUNE_HEARTBEAT_S,
