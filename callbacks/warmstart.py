@@ -68,10 +68,12 @@ class HeadWarmStart(Callback):
     that Linear keep their initialisation: use a linear head to reproduce Kumar et al.'s probe.
 
     The checkpoint state holds the stage, the resolved plan and, in stage 1, the pretrained values of the
-    tensors stage 1 may change. Loading a checkpoint (resume, test, validate, predict) finds that state under
-    this callback's key or as the single HeadWarmStart entry, however the callback was spelt; a stage-2
-    checkpoint gets a module without PET layers, and the weights are then loaded strictly. A checkpoint whose
-    state cannot be found is refused: weights are never loaded silently into the wrong tree.
+    tensors stage 1 may change. Loading a checkpoint (resume, test, validate, predict): a checkpoint whose
+    weights lack the PET parameters (stage 2) gets a module without PET layers just before Lightning loads it,
+    strictly; the state is then found under this callback's key or as the single HeadWarmStart entry, however
+    the callback was spelt, and checked against the weights and, for a resume, against this run's plan. A
+    checkpoint with callback states but none of HeadWarmStart's is refused, and so is a weights-only one for
+    a resume: weights are never loaded silently into the wrong tree.
 
     Args:
         stage1_epochs: stage-1 length: an int >= 1, or a fraction in (0, 1) of ``max_epochs``. Default 0.1
@@ -172,7 +174,7 @@ class HeadWarmStart(Callback):
         self._head_sha: Optional[str] = None
         self._head_bias_seed_used: Optional[int] = None
         self._stage1_best: Optional[str] = None
-        self._relaxed: Optional[bool] = None  # the module's strict_loading while we load non-strictly first
+        self._tree_hook: Any = None  # armed from setup until Lightning's checkpoint restore (or the stage's start)
         self._optimizer_name = ""
 
     @property
@@ -234,17 +236,39 @@ class HeadWarmStart(Callback):
                 raise CallbackMisuse("HeadWarmStart: the Trainer holds two HeadWarmStart callbacks; one fit has one "
                                      "stage switch, keep one")
             self._stage1_epochs, self._max_epochs = _resolve_plan(self.stage1_epochs, trainer.max_epochs)
-        # A stage-2 checkpoint lacks the PET layers this module is built with: Lightning loads it non-strictly,
-        # then on_load_checkpoint gives the module the checkpoint's tree and loads it again, strictly.
-        if self._stage != 2 and self._can_drop(pl_module):
-            self._relaxed = pl_module.strict_loading
-            pl_module.strict_loading = False
+        # A stage-2 checkpoint lacks the PET layers this module is built with: give the module the checkpoint's
+        # tree just before Lightning loads it (strictly, as the module asks), judging by the checkpoint's own keys.
+        if self._tree_hook is None and self._can_drop(pl_module):
+            self._tree_hook = pl_module.register_load_state_dict_pre_hook(self._match_tree)
+
+    def _match_tree(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        self._disarm()
+        pet = set(self._pet_names(module))  # type: ignore[arg-type]
+        if prefix or not pet or pet & set(state_dict):
+            return  # a stage-1 tree (or a partial one: the strict load then names what is missing)
+        self._drop_pet(module)  # type: ignore[arg-type]
+        self._stage = 2
+
+    def _disarm(self) -> None:
+        if self._tree_hook is not None:
+            self._tree_hook.remove()
+            self._tree_hook = None
+
+    @override
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._disarm()
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._disarm()
+
+    @override
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._disarm()
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._relaxed is not None:
-            pl_module.strict_loading = self._relaxed
-            self._relaxed = None
+        self._disarm()
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     @override
@@ -261,7 +285,7 @@ class HeadWarmStart(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass  # applied in on_load_checkpoint, which also sees the module and the weights
 
-    def _find_state(self, checkpoint: dict[str, Any], pl_module: LightningModule) -> dict[str, Any]:
+    def _find_state(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
             return states[self.state_key]
@@ -272,47 +296,29 @@ class HeadWarmStart(Callback):
         if mine:
             raise CallbackMisuse(f"HeadWarmStart: the checkpoint holds {len(mine)} HeadWarmStart states ({mine}); "
                                  "cannot tell which one this run continues")
-        if states:
-            raise CallbackMisuse(f"HeadWarmStart: the checkpoint holds no HeadWarmStart state (its callback states: "
-                                 f"{describe([str(k) for k in states])}), so its stage is unknown; load it with the "
-                                 "Trainer that wrote it, or without HeadWarmStart")
-        # a weights-only checkpoint (e.g. DevSplitEarlyStopping's best): its tree says which stage wrote it
-        pet, keys = set(self._pet_names(pl_module)), set(checkpoint.get("state_dict", {}))
-        if pet and pet <= keys:
-            return {"stage": 1, "inferred": True}
-        if pet and not pet & keys:
-            return {"stage": 2, "inferred": True}
-        if not pet:
-            return {"stage": self._stage, "inferred": True}
-        raise CallbackMisuse(f"HeadWarmStart: the weights-only checkpoint holds {len(pet & keys)} of the module's "
-                             f"{len(pet)} PET parameters, neither a stage-1 nor a stage-2 tree; check the module")
+        raise CallbackMisuse(f"HeadWarmStart: the checkpoint holds no HeadWarmStart state (its callback states: "
+                             f"{describe([str(k) for k in states]) or 'none'}), so its stage is unknown; load it with "
+                             "the HeadWarmStart that wrote it, or without HeadWarmStart")
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        fitting = trainer.state.fn == TrainerFn.FITTING
-        if not fitting and self._relaxed is None:
-            return  # the module already has the checkpoint's tree (e.g. testing right after fit); Lightning loaded it
-        if not fitting and not self._pet_names(pl_module):
-            pl_module.load_state_dict(checkpoint["state_dict"], strict=self._relaxed)  # no PET layers: one tree
+        # Lightning calls this after loading the weights, and only for checkpoints with callback states.
+        state = self._find_state(checkpoint)
+        dropped = self._parts_after_drop is not None
+        if self._can_drop(pl_module) and dropped != (state["stage"] == 2):
+            raise CallbackMisuse(f"HeadWarmStart: the checkpoint's state says stage {state['stage']} but its weights "
+                                 f"are a stage-{1 + dropped} tree (with{'out' if dropped else ''} the PET layers); "
+                                 "the checkpoint was edited or mixed up")
+        self._stage = 2 if state["stage"] == 2 else self._stage
+        if trainer.state.fn != TrainerFn.FITTING:
             return
-        state = self._find_state(checkpoint, pl_module)
-        if fitting:
-            self._capture_fresh_states(trainer)  # other callbacks are set up and not yet restored
-            if state.get("inferred"):
-                raise CallbackMisuse("HeadWarmStart: cannot resume fit from a weights-only checkpoint; resume from "
-                                     "a full one (e.g. ModelCheckpoint's last.ckpt)")
-            planned = (self._stage1_epochs, self._max_epochs)
-            if state["stage1_epochs"] != planned[0] or state.get("max_epochs", planned[1]) != planned[1]:
-                raise CallbackMisuse(f"HeadWarmStart: the checkpoint's plan is {state['stage1_epochs']} stage-1 epochs of "
-                                     f"{state.get('max_epochs')}, this run plans {planned[0]} of {planned[1]}; resume "
-                                     "with the same stage1_epochs and max_epochs")
-            self._resume = state
-        if state["stage"] == 2:
-            if self._can_drop(pl_module) and self._parts_after_drop is None:
-                self._drop_pet(pl_module)
-            self._stage = 2
-        if self._relaxed is not None:
-            pl_module.load_state_dict(checkpoint["state_dict"], strict=self._relaxed)
+        self._capture_fresh_states(trainer)  # other callbacks are set up and not yet restored
+        planned = (self._stage1_epochs, self._max_epochs)
+        if state["stage1_epochs"] != planned[0] or state.get("max_epochs", planned[1]) != planned[1]:
+            raise CallbackMisuse(f"HeadWarmStart: the checkpoint's plan is {state['stage1_epochs']} stage-1 epochs of "
+                                 f"{state.get('max_epochs')}, this run plans {planned[0]} of {planned[1]}; resume "
+                                 "with the same stage1_epochs and max_epochs")
+        self._resume = state
 
     def _capture_fresh_states(self, trainer: Trainer) -> None:
         if self._fresh_states is None:
@@ -323,6 +329,10 @@ class HeadWarmStart(Callback):
     # ---- fit start: the trainable set, the snapshot, the stage's optimizer ----------------------------
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._disarm()
+        if trainer.ckpt_path and self._resume is None:
+            raise CallbackMisuse(f"HeadWarmStart: cannot resume fit from {trainer.ckpt_path}: it holds no callback "
+                                 "states (a weights-only checkpoint); resume from a full one (e.g. last.ckpt)")
         self._capture_fresh_states(trainer)
         # Early stopping must not end fit inside stage 1: stage 2 always gets at least one epoch.
         trainer.fit_loop.min_epochs = max(trainer.fit_loop.min_epochs or 0, self._stage1_epochs + 1)
