@@ -88,6 +88,7 @@ class SaveHeadFeatures(Callback):
         self.filename = filename
         self.dirpath = dirpath
         self._path: Optional[Path] = None
+        self._fitted: dict[str, Any] = {}  # the loaders of a fit in this Trainer, when there is no datamodule
 
     @property
     @override
@@ -102,13 +103,15 @@ class SaveHeadFeatures(Callback):
                                  "Trainer has neither a LightningDataModule nor a finished fit; test with the "
                                  "datamodule, or with the Trainer that ran fit")
 
-    @staticmethod
-    def _loaders(trainer: Trainer) -> dict[str, Callable[[], Any]]:
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fitted = {"train": trainer.train_dataloader, "dev": trainer.val_dataloaders}
+
+    def _loaders(self, trainer: Trainer) -> dict[str, Callable[[], Any]]:
         dm = trainer.datamodule
         if dm is not None:
             return {"train": dm.train_dataloader, "dev": dm.val_dataloader}
-        fitted = {"train": trainer.train_dataloader, "dev": trainer.val_dataloaders}
-        return {k: (lambda v=v: v) for k, v in fitted.items() if v is not None}
+        return {k: (lambda v=v: v) for k, v in self._fitted.items() if v is not None}
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
