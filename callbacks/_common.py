@@ -8,14 +8,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from torch import nn
-
+from lightning.pytorch import Trainer
 from pl_petune.callbacks._errors import CallbackMisuse
 from pl_petune.callbacks.selection import ParamSelector, SelectionError
+from torch import nn
 
 # A selector as Python users write it (ParamSelector) or as YAML gives it (a mapping of its fields).
 SelectorLike = Union[ParamSelector, Mapping[str, Any]]

@@ -16,10 +16,9 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping
+from pl_petune.callbacks._common import CallbackMisuse, check_strategy, file_sha256
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler, Subset
 from typing_extensions import override
-
-from pl_petune.callbacks._common import CallbackMisuse, check_strategy, file_sha256
 
 
 class HeldOutTooEarly(CallbackMisuse, RuntimeError):

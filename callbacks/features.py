@@ -19,10 +19,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from typing_extensions import override
-
 from pl_petune.callbacks._common import CallbackMisuse, get_submodule
 from pl_petune.callbacks._inference import infer
+from typing_extensions import override
 
 SPLITS = ("train", "dev")
 

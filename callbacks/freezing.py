@@ -20,9 +20,6 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import nn
-from typing_extensions import override
-
 from pl_petune.callbacks._common import (
     CallbackMisuse,
     SelectorLike,
@@ -38,6 +35,8 @@ from pl_petune.callbacks._common import (
     rewrap_ddp,
 )
 from pl_petune.callbacks.selection import DEFAULT_LAYER_PATTERN, ParamSelector
+from torch import nn
+from typing_extensions import override
 
 _STEP_KEYS = ("epoch", "lr")
 

@@ -17,10 +17,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from torch import nn
-
 from pl_petune.callbacks._errors import CallbackMisuse
 from pl_petune.callbacks._inference import infer
+from torch import nn
 
 # Kumar et al.'s sweep: num_reg_values = 50 over logspace(-7, 2), max_iter = 20 (REFERENCE §3.5, §10).
 KUMAR_CS = tuple(float(c) for c in torch.logspace(-7, 2, 50, dtype=torch.float64).tolist())

@@ -17,9 +17,6 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import nn
-from typing_extensions import override
-
 from pl_petune.callbacks._common import (
     CallbackMisuse,
     SelectorLike,
@@ -30,6 +27,8 @@ from pl_petune.callbacks._common import (
     tensor_sha256,
 )
 from pl_petune.callbacks.selection import DEFAULT_LAYER_PATTERN
+from torch import nn
+from typing_extensions import override
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 

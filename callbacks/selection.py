@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import torch
-from torch import nn
-
 from pl_petune.callbacks._errors import CallbackMisuse
+from torch import nn
 
 # The layer index in HF encoder parameter names: "encoder.layer.3.", "layers.3.", "block.3.", "h.3."
 DEFAULT_LAYER_PATTERN = r"(?:^|\.)(?:layer|layers|block|h)\.(\d+)\."

@@ -6,31 +6,18 @@ closed form (:mod:`pl_petune.callbacks.probe`). At the switch the pretrained bac
 PET parameters are discarded (or kept: EH-FT's ``reserve`` ablation), the stage-1 head is kept, and a fresh
 optimizer and warmup schedule start stage 2.
 
-Contract with the LightningModule (attribute names configurable):
-
-- ``backbone`` and ``head``: ``nn.Module`` attributes (dotted paths allowed, e.g. into a PEFT wrapper);
-- optional PET contract: ``pet_parameter_names() -> list[str]`` (names as in ``named_parameters()``) and
-  ``drop_pet_layers()`` (removes the added layers and keeps the pretrained tensors, e.g. PEFT's ``unload()``);
-  the backbone and head are followed through the drop by identity, so paths that change are fine;
-- ``configure_optimizers`` builds one optimizer from the parameters that require grad (or from all: frozen
-  ones get no gradient); the callback sets its learning rates per stage and replaces its scheduler with a
-  linear warmup and decay over the stage's steps (EH-FT's schedule); ``Trainer(max_epochs=...)`` is required.
+The module contract (``backbone``/``head`` attributes, the optional PET methods, one optimizer) is in the
+class docstring and docs/callbacks.md; the stage mechanics are plain functions in ``_twostage``.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.types import LRSchedulerConfig
-from torch import nn
-from typing_extensions import override
-
 from pl_petune.callbacks import probe
 from pl_petune.callbacks._common import (
     CallbackMisuse,
@@ -39,19 +26,37 @@ from pl_petune.callbacks._common import (
     check_strategy,
     describe,
     get_submodule,
-    linear_warmup_decay,
     resolve,
     rewrap_ddp,
-    steps_per_epoch,
     submodule_prefix,
     tensor_sha256,
 )
+from pl_petune.callbacks._twostage import (
+    check_plan,
+    find_state,
+    follow,
+    fresh_states,
+    reinit_linear_biases,
+    reset_callbacks,
+    resolve_plan,
+    restore_pretrained,
+    stage_optimizer,
+)
+from pl_petune.callbacks.selection import set_trainable
+from torch import nn
+from typing_extensions import override
 
 Solver = Literal["adamw", "lbfgs"]
 
 
 class HeadWarmStart(Callback):
     r"""Two-stage head warm start: LP-FT (head first) and EH-FT (head plus PET first), then full finetuning.
+
+    The module has ``backbone`` and ``head`` attributes (``backbone_attr``/``head_attr``, dotted paths allowed,
+    e.g. into a PEFT wrapper) and one optimizer from ``configure_optimizers``; a PET module also has
+    ``pet_parameter_names()`` and ``drop_pet_layers()`` (removes the added layers and keeps the pretrained
+    tensors, e.g. ``self.model = self.model.unload()`` for PEFT); backbone and head are followed through the
+    drop, so paths that change are fine. ``Trainer(max_epochs=...)`` is required.
 
     Stage 1 runs ``stage1_epochs`` epochs (an int, or a fraction of ``max_epochs``: EH-FT uses 10 %, floored,
     at least 1) at ``stage1_lr`` with the head (+ PET parameters, + ``stage1_params``) trainable. At the
@@ -136,7 +141,7 @@ class HeadWarmStart(Callback):
         forward_fn: Optional[Callable[[LightningModule, Any], Any]] = None,
     ) -> None:
         super().__init__()
-        self.stage1_epochs = _check_plan(solver, stage1_epochs)
+        self.stage1_epochs = check_plan(solver, stage1_epochs)
         for name, lr in (("stage1_lr", stage1_lr), ("stage2_lr", stage2_lr)):
             if lr is not None and not lr > 0:
                 raise CallbackMisuse(f"HeadWarmStart.{name} must be > 0, got {lr}")
@@ -217,14 +222,8 @@ class HeadWarmStart(Callback):
         getattr(pl_module, self.drop_pet_fn)()
         alive = {id(p) for p in pl_module.parameters()}
         self._parts_after_drop = tuple(  # type: ignore[assignment]
-            _follow(pl_module, old, {i for i in before[role] if i in alive}, attr, role, self.drop_pet_fn)
+            follow(pl_module, old, {i for i in before[role] if i in alive}, attr, role, self.drop_pet_fn)
             for role, old, attr in (("backbone", backbone, self.backbone_attr), ("head", head, self.head_attr)))
-
-    @staticmethod
-    def _apply_trainable(pl_module: LightningModule, names: Sequence[str]) -> None:
-        keep = set(names)
-        for n, p in pl_module.named_parameters():
-            p.requires_grad_(n in keep)
 
     # ---- setup: the plan -----------------------------------------------------------------------------
     @override
@@ -235,7 +234,7 @@ class HeadWarmStart(Callback):
             if others:
                 raise CallbackMisuse("HeadWarmStart: the Trainer holds two HeadWarmStart callbacks; one fit has one "
                                      "stage switch, keep one")
-            self._stage1_epochs, self._max_epochs = _resolve_plan(self.stage1_epochs, trainer.max_epochs)
+            self._stage1_epochs, self._max_epochs = resolve_plan(self.stage1_epochs, trainer.max_epochs)
         # A stage-2 checkpoint lacks the PET layers this module is built with: give the module the checkpoint's
         # tree just before Lightning loads it (strictly, as the module asks), judging by the checkpoint's own keys.
         if self._tree_hook is None and self._can_drop(pl_module):
@@ -253,18 +252,6 @@ class HeadWarmStart(Callback):
         if self._tree_hook is not None:
             self._tree_hook.remove()
             self._tree_hook = None
-
-    @override
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._disarm()
-
-    @override
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._disarm()
-
-    @override
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._disarm()
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -285,25 +272,10 @@ class HeadWarmStart(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass  # applied in on_load_checkpoint, which also sees the module and the weights
 
-    def _find_state(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key in states:
-            return states[self.state_key]
-        name = type(self).__qualname__
-        mine = [k for k in states if str(getattr(k, "__qualname__", k)).startswith(name)]
-        if len(mine) == 1:
-            return states[mine[0]]
-        if mine:
-            raise CallbackMisuse(f"HeadWarmStart: the checkpoint holds {len(mine)} HeadWarmStart states ({mine}); "
-                                 "cannot tell which one this run continues")
-        raise CallbackMisuse(f"HeadWarmStart: the checkpoint holds no HeadWarmStart state (its callback states: "
-                             f"{describe([str(k) for k in states]) or 'none'}), so its stage is unknown; load it with "
-                             "the HeadWarmStart that wrote it, or without HeadWarmStart")
-
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this after loading the weights, and only for checkpoints with callback states.
-        state = self._find_state(checkpoint)
+        state = find_state(checkpoint, self.state_key, type(self).__qualname__)
         dropped = self._parts_after_drop is not None
         if self._can_drop(pl_module) and dropped != (state["stage"] == 2):
             raise CallbackMisuse(f"HeadWarmStart: the checkpoint's state says stage {state['stage']} but its weights "
@@ -312,7 +284,8 @@ class HeadWarmStart(Callback):
         self._stage = 2 if state["stage"] == 2 else self._stage
         if trainer.state.fn != TrainerFn.FITTING:
             return
-        self._capture_fresh_states(trainer)  # other callbacks are set up and not yet restored
+        if self._fresh_states is None:
+            self._fresh_states = fresh_states(trainer)  # other callbacks are set up and not yet restored
         planned = (self._stage1_epochs, self._max_epochs)
         if state["stage1_epochs"] != planned[0] or state.get("max_epochs", planned[1]) != planned[1]:
             raise CallbackMisuse(f"HeadWarmStart: the checkpoint's plan is {state['stage1_epochs']} stage-1 epochs of "
@@ -320,20 +293,15 @@ class HeadWarmStart(Callback):
                                  "with the same stage1_epochs and max_epochs")
         self._resume = state
 
-    def _capture_fresh_states(self, trainer: Trainer) -> None:
-        if self._fresh_states is None:
-            watched = [cb for cb in trainer.checkpoint_callbacks if cb.state_dict().get("monitor") is not None]
-            watched += list(trainer.early_stopping_callbacks)
-            self._fresh_states = [(cb, copy.deepcopy(cb.state_dict())) for cb in watched]
-
     # ---- fit start: the trainable set, the snapshot, the stage's optimizer ----------------------------
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._disarm()
+        if self._fresh_states is None:
+            self._fresh_states = fresh_states(trainer)
         if trainer.ckpt_path and self._resume is None:
             raise CallbackMisuse(f"HeadWarmStart: cannot resume fit from {trainer.ckpt_path}: it holds no callback "
                                  "states (a weights-only checkpoint); resume from a full one (e.g. last.ckpt)")
-        self._capture_fresh_states(trainer)
         # Early stopping must not end fit inside stage 1: stage 2 always gets at least one epoch.
         trainer.fit_loop.min_epochs = max(trainer.fit_loop.min_epochs or 0, self._stage1_epochs + 1)
         backbone, head = self._parts(pl_module)
@@ -352,7 +320,7 @@ class HeadWarmStart(Callback):
         # a PET module trains no backbone parameter itself: its stage 2 is full finetuning (resolved after the drop)
         self._stage2_default = default2 if any(n.startswith(bb_prefix) for n in default2) else None
         if self._stage == 2:
-            self._apply_trainable(pl_module, self._stage2_names(pl_module))
+            set_trainable(pl_module, self._stage2_names(pl_module))
         else:
             extra = resolve(self.stage1_params, pl_module, "HeadWarmStart.stage1_params") if self.stage1_params else []
             pet = self._pet if (self.train_pet and self.solver == "adamw") else []
@@ -368,7 +336,7 @@ class HeadWarmStart(Callback):
             # what stage 1 can change: its trainable backbone parameters and floating buffers (e.g. BatchNorm stats)
             self._changeable = [n for n, t in self._pretrained.items()
                                 if n in stage1 or (n not in params and t.is_floating_point())]
-            self._apply_trainable(pl_module, self._stage1_names)
+            set_trainable(pl_module, self._stage1_names)
         if self._resume is not None:
             r = self._resume
             self._switch_epoch, self._lbfgs, self._head_sha = r["switch_epoch"], dict(r.get("lbfgs") or {}), r.get("head_sha256")
@@ -390,26 +358,10 @@ class HeadWarmStart(Callback):
         return [n for n in self._stage2_default if n in known]
 
     def _setup_stage_optimizer(self, trainer: Trainer) -> None:
-        trainer.strategy.setup_optimizers(trainer)
-        optimizers = trainer.strategy.optimizers
-        if len(optimizers) != 1:
-            raise CallbackMisuse(f"HeadWarmStart needs exactly one optimizer; configure_optimizers returned "
-                                 f"{len(optimizers)}")
-        opt = optimizers[0]
-        lr = self.stage1_lr if self._stage == 1 else self.stage2_lr
-        if self._stage == 1 and self.solver == "adamw" and not isinstance(opt, torch.optim.AdamW):
-            groups = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in opt.param_groups]
-            opt = torch.optim.AdamW(groups, lr=lr)
-        for g in opt.param_groups:
-            base = lr if lr is not None else g.get("initial_lr", g["lr"])
-            g.pop("initial_lr", None)
-            g["lr"] = base
-        epochs = self._stage1_epochs if self._stage == 1 else self._max_epochs - self._stage1_epochs
-        total = max(1, epochs * steps_per_epoch(trainer))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(math.ceil(self.warmup_ratio * total), total))
-        trainer.strategy.optimizers = [opt]
-        trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(sched, interval="step", name=f"stage{self._stage}")]
-        self._optimizer_name = type(opt).__name__
+        s1 = self._stage == 1
+        epochs = self._stage1_epochs if s1 else self._max_epochs - self._stage1_epochs
+        self._optimizer_name = stage_optimizer(trainer, self._stage, self.stage1_lr if s1 else self.stage2_lr,
+                                               s1 and self.solver == "adamw", epochs, self.warmup_ratio)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -426,7 +378,11 @@ class HeadWarmStart(Callback):
     # ---- the switch -----------------------------------------------------------------------------------
     def _switch(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.keep_head_bias:
-            self._reinit_head_bias(trainer, self._parts(pl_module)[1])
+            seed = self.head_bias_seed
+            if seed is None:
+                seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+            self._head_bias_seed_used = int(trainer.strategy.broadcast(seed, src=0))  # one draw for every rank
+            reinit_linear_biases(self._parts(pl_module)[1], self._head_bias_seed_used)
         self._head_sha = tensor_sha256(dict(self._parts(pl_module)[1].state_dict()))
         keep = set(self._pet) | (set(resolve(self.stage1_params, pl_module, "HeadWarmStart.stage1_params"))
                                  if self.stage1_params else set())
@@ -438,48 +394,15 @@ class HeadWarmStart(Callback):
         if self._can_drop(pl_module):
             self._drop_pet(pl_module)
         backbone = self._parts(pl_module)[0]
-        bb_prefix = submodule_prefix(pl_module, backbone)
-        with torch.no_grad():
-            for name, t in [*backbone.named_parameters(), *backbone.named_buffers()]:
-                value = by_id.get(id(t))
-                if value is None and bb_prefix + name in self._pretrained and bb_prefix + name not in keep:
-                    value = self._pretrained[bb_prefix + name]  # drop_pet_layers rebuilt the backbone
-                if value is None:
-                    if self.reserve:
-                        continue
-                    raise CallbackMisuse(f"HeadWarmStart: backbone tensor {name!r} did not exist at fit start, so it has "
-                                         f"no pretrained value; {self.drop_pet_fn}() must remove every added layer")
-                t.copy_(value)
+        restore_pretrained(backbone, submodule_prefix(pl_module, backbone), self._pretrained, by_id, keep,
+                           self.reserve, self.drop_pet_fn)
         self._pretrained = {}
-        self._apply_trainable(pl_module, self._stage2_names(pl_module))
+        set_trainable(pl_module, self._stage2_names(pl_module))
         rewrap_ddp(trainer)
         self._stage, self._switch_epoch = 2, trainer.current_epoch
-        self._reset_selection_callbacks(trainer)
-        self._setup_stage_optimizer(trainer)
-
-    def _reinit_head_bias(self, trainer: Trainer, head: nn.Module) -> None:
-        seed = self.head_bias_seed
-        if seed is None:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
-        seed = int(trainer.strategy.broadcast(seed, src=0))  # one draw for every rank
-        self._head_bias_seed_used = seed
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for mod in head.modules():
-                if isinstance(mod, nn.Linear) and mod.bias is not None:
-                    bound = 1.0 / math.sqrt(mod.in_features) if mod.in_features > 0 else 0.0
-                    fresh = torch.rand(mod.bias.shape, generator=gen, dtype=torch.float64) * 2 * bound - bound
-                    mod.bias.copy_(fresh.to(mod.bias.dtype))
-
-    def _reset_selection_callbacks(self, trainer: Trainer) -> None:
-        """Stage 2 selects and stops on its own: checkpoint and early-stopping callbacks get their fit-start state."""
-        for cb, fresh in self._fresh_states or []:
-            now = cb.state_dict()
-            if now.get("best_model_path") and "best_k_models" in now:
-                self._stage1_best = now["best_model_path"]
-            keep = {k: now[k] for k in ("dirpath", "last_model_path") if k in now}
-            cb.load_state_dict({**copy.deepcopy(fresh), **keep})
+        self._stage1_best = reset_callbacks(self._fresh_states or []) or self._stage1_best
         trainer.should_stop = False
+        self._setup_stage_optimizer(trainer)
 
     # ---- the run record --------------------------------------------------------------------------------
     def record_extra(self) -> dict[str, Any]:
@@ -504,59 +427,3 @@ class HeadWarmStart(Callback):
             "head_bias_seed": self._head_bias_seed_used, "stage1_best_checkpoint": self._stage1_best,
             "lbfgs": dict(self._lbfgs) or None,
         }}
-
-
-def _check_plan(solver: str, stage1_epochs: Optional[Union[int, float]]) -> Union[int, float]:
-    """The validated ``stage1_epochs`` (an int >= 1, a fraction in (0, 1), or 0 for the probe)."""
-    if solver not in ("adamw", "lbfgs"):
-        raise CallbackMisuse(f"HeadWarmStart.solver {solver!r} is unknown; use 'adamw' or 'lbfgs'")
-    if solver == "lbfgs":
-        if stage1_epochs not in (None, 0):
-            raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} with solver='lbfgs': the probe is "
-                                 "solved before epoch 0, so stage 1 has no epochs; remove stage1_epochs")
-        return 0
-    value = 0.1 if stage1_epochs is None else stage1_epochs
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs must be an int or a float, got {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, float) and not 0 < value < 1:
-        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={value} is out of range; give a fraction of max_epochs in "
-                             "(0, 1) (EH-FT: 0.1) or a whole number of epochs >= 1")
-    if isinstance(value, int) and value < 1:
-        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={value} is out of range; give a whole number of epochs "
-                             ">= 1 or a fraction of max_epochs in (0, 1)")
-    return value
-
-
-def _resolve_plan(stage1_epochs: Union[int, float], max_epochs: Optional[int]) -> tuple[int, int]:
-    """``(stage-1 epochs, max_epochs)`` of a fit: a fraction is floored, at least 1 (EH-FT's 10 %)."""
-    if max_epochs is None or max_epochs < 1:
-        raise CallbackMisuse(f"HeadWarmStart counts stages in epochs but Trainer(max_epochs={max_epochs}); "
-                             "set trainer max_epochs")
-    s1 = max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float) else int(stage1_epochs)
-    if s1 >= max_epochs:
-        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} gives {s1} stage-1 epochs of "
-                             f"max_epochs={max_epochs}, leaving none for stage 2; lower stage1_epochs or raise max_epochs")
-    return s1, max_epochs
-
-
-def _follow(pl_module: nn.Module, old: nn.Module, alive: set[int], attr: str, role: str, drop_fn: str) -> nn.Module:
-    """Where the ``role`` module is after the PET drop: the same object, else the module at ``attr`` (holding the
-    surviving tensors ``alive``), else the smallest module holding all of ``alive`` (PEFT's unload replaces a
-    ``modules_to_save`` wrapper by its trained copy)."""
-    modules = [m for _, m in pl_module.named_modules()]
-    if any(m is old for m in modules):
-        return old
-    try:
-        at_path = get_submodule(pl_module, attr, role, "")
-    except CallbackMisuse:
-        at_path = None
-    if at_path is not None and alive <= {id(p) for p in at_path.parameters()}:
-        return at_path
-    holders = [m for m in modules if alive and alive <= {id(p) for p in m.parameters()}]
-    if not holders:
-        raise CallbackMisuse(f"HeadWarmStart: after {drop_fn}() the {role} is gone: neither its module, nor a module "
-                             f"at {attr!r}, nor one holding its tensors is in the LightningModule; {drop_fn}() must keep "
-                             f"the {role}'s tensors (PEFT: self.model = self.model.unload())")
-    return min(holders, key=lambda m: sum(1 for _ in m.parameters()))

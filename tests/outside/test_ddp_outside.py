@@ -8,7 +8,6 @@ import json
 import lightning as L
 import pytest
 import torch
-
 from outside_models import MLP, data, state_sha, trainer
 from pl_petune.callbacks import DevSplitEarlyStopping, Freezing, HeadWarmStart
 

@@ -8,10 +8,9 @@ import os
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset, TensorDataset, WeightedRandomSampler
-
 from outside_models import MLP, data, trainer
 from pl_petune.callbacks import CallbackMisuse, DevSplitEarlyStopping
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset, TensorDataset, WeightedRandomSampler
 
 
 class Ruin(L.Callback):

@@ -7,7 +7,6 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-
 from outside_models import MLP, Seen, Stop, data, trainer
 from pl_petune.callbacks import (
     CallbackMisuse,

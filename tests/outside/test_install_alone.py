@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACKS = ROOT / "callbacks"
@@ -154,7 +154,7 @@ def test_install_alone_into_a_fresh_venv_and_fit_each_callback(tmp_path):
     out = subprocess.run([*pip, "install", "-q", "torch==2.13.0", "lightning"], capture_output=True, text=True,
                          timeout=1500)
     assert out.returncode == 0, out.stderr[-2000:]
-    freeze = lambda: set(subprocess.run([*pip, "freeze"], capture_output=True, text=True).stdout.split())  # noqa: E731
+    freeze = lambda: set(subprocess.run([*pip, "freeze"], capture_output=True, text=True).stdout.splitlines())  # noqa: E731
     before = freeze()
     out = subprocess.run([*pip, "install", "-q", str(wheel)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

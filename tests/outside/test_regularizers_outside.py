@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
-
 from outside_models import MLP, Stop, data, pretrained_weights, tiny_bert_cls, token_batches, trainer
 from pl_petune.callbacks import ChildTuningD, Mixout, SaveHeadFeatures
 from pl_petune.callbacks._inference import infer
+from torch import nn
 
 
 def _mixout_run(root, load_in, stop=(), ckpt=None):
