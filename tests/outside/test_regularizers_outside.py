@@ -146,3 +146,10 @@ def test_infer_captures_what_the_head_read_and_restores_the_mode():
         torch.testing.assert_close(out.features, model.encoder(x)[:12])
         torch.testing.assert_close(out.outputs, model(x)[:12])
     assert torch.equal(out.labels, torch.cat([b[1] for b in dev])[:12])
+
+
+def test_save_head_features_refuses_a_trainer_with_nothing_to_read(tmp_path):
+    from pl_petune.callbacks import CallbackMisuse
+
+    with pytest.raises(CallbackMisuse, match="^SaveHeadFeatures reads the train and dev loaders"):
+        trainer(tmp_path, callbacks=[SaveHeadFeatures(head_attr="fc")]).test(MLP(), data()[1])

@@ -150,3 +150,27 @@ def test_lbfgs_probe_defaults_are_kumar_s_sweep():
     hws = HeadWarmStart(solver="lbfgs")
     assert len(hws.cs) == 50 and hws.cs[0] == pytest.approx(1e-7) and hws.cs[-1] == pytest.approx(100.0)
     assert hws.lbfgs_max_iter == 20
+
+
+def test_two_instances_and_a_weights_only_resume_are_refused(tmp_path):
+    train, dev = data()
+    with pytest.raises(CallbackMisuse, match="^HeadWarmStart: the Trainer holds two HeadWarmStart callbacks"):
+        trainer(tmp_path, callbacks=[HeadWarmStart(), HeadWarmStart(solver="lbfgs")]).fit(MLP(pet=True), train, dev)
+    _, last = _ehft(tmp_path, HeadWarmStart(stage1_epochs=1), epochs=2)
+    ckpt = torch.load(last, weights_only=False)
+    torch.save({k: ckpt[k] for k in ("state_dict", "pytorch-lightning_version", "epoch", "global_step", "loops")},
+               tmp_path / "weights.ckpt")
+    with pytest.raises(CallbackMisuse, match="cannot resume fit from .*weights-only checkpoint"):
+        _ehft(tmp_path / "again", HeadWarmStart(stage1_epochs=1), epochs=3, ckpt_path=str(tmp_path / "weights.ckpt"))
+
+
+def test_a_drop_that_loses_the_head_is_refused_naming_the_fix(tmp_path):
+    class LosesHead(MLP):
+        def drop_pet_layers(self):
+            super().drop_pet_layers()
+            self.fc = nn.Linear(self.fc.in_features, self.fc.out_features)
+            del self.fc
+
+    train, dev = data()
+    with pytest.raises(CallbackMisuse, match="after drop_pet_layers\\(\\) the head is gone"):
+        trainer(tmp_path, max_epochs=2, callbacks=[HeadWarmStart(stage1_epochs=1)]).fit(LosesHead(pet=True), train, dev)
