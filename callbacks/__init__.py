@@ -1,15 +1,18 @@
-"""Reusable Lightning callbacks (installed as ``pl_petune.callbacks``).
+"""Reusable Lightning callbacks (installed as ``pl_petune.callbacks``), usable on anyone's LightningModule.
 
-They depend on lightning and torch only (PEFT optional, scikit-learn for the L-BFGS probe), never on
-pl_petune's other modules, so they drop into any project's Trainer. See docs/callbacks.md.
+They import lightning, torch and the standard library only (never pl_petune's other modules; scikit-learn
+only for ``HeadWarmStart(solver="lbfgs")``), so they install alone (``callbacks/pyproject.toml``) and drop into
+any project's Trainer. See docs/callbacks.md.
 """
 
-from pl_petune.callbacks._common import CallbackMisuse
+from pl_petune.callbacks._errors import CallbackMisuse
 from pl_petune.callbacks.devsplit import DevSplitEarlyStopping, HeldOutTooEarly
+from pl_petune.callbacks.features import SaveHeadFeatures
 from pl_petune.callbacks.freezing import Freezing
 from pl_petune.callbacks.regularizers import ChildTuningD, Mixout
 from pl_petune.callbacks.selection import ParamSelector, SelectionError, count, params_by_name, set_trainable
 from pl_petune.callbacks.warmstart import HeadWarmStart
 
 __all__ = ["ParamSelector", "SelectionError", "set_trainable", "params_by_name", "count", "CallbackMisuse",
-           "Freezing", "HeadWarmStart", "DevSplitEarlyStopping", "HeldOutTooEarly", "Mixout", "ChildTuningD"]
+           "Freezing", "HeadWarmStart", "DevSplitEarlyStopping", "HeldOutTooEarly", "Mixout", "ChildTuningD",
+           "SaveHeadFeatures"]

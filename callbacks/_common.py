@@ -8,13 +8,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from torch import nn
-
+from lightning.pytorch import Trainer
+from pl_petune.callbacks._errors import CallbackMisuse
 from pl_petune.callbacks.selection import ParamSelector, SelectionError
+from torch import nn
 
 # A selector as Python users write it (ParamSelector) or as YAML gives it (a mapping of its fields).
 SelectorLike = Union[ParamSelector, Mapping[str, Any]]
@@ -22,10 +22,6 @@ SelectorLike = Union[ParamSelector, Mapping[str, Any]]
 _SELECTOR_FIELDS = ("include", "module_types", "exclude", "bias_only", "layers", "layer_pattern", "allow_empty")
 # Strategies whose parameter sharding or engines make requires_grad flips and optimizer rebuilds unsafe here.
 _REFUSED_STRATEGIES = ("DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy", "XLAStrategy")
-
-
-class CallbackMisuse(ValueError):
-    """A callback was configured or attached in a way it cannot honour; the message names the fix."""
 
 
 def file_sha256(path: str) -> str:
@@ -47,38 +43,57 @@ def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def as_selector(value: SelectorLike, what: str) -> ParamSelector:
-    """A :class:`ParamSelector` from an instance or a mapping of its fields (YAML)."""
+def as_selector(value: SelectorLike, what: str, extra_keys: Sequence[str] = ()) -> ParamSelector:
+    """A :class:`ParamSelector` from an instance or a mapping of its fields (YAML), refused with ``what`` named.
+
+    Args:
+        value: the selector or the mapping.
+        what: the callback and argument, e.g. ``"Freezing.freeze[0]"``, put in front of any error.
+        extra_keys: keys the caller reads itself from the mapping (e.g. an unfreeze step's ``epoch``, ``lr``);
+            listed among the allowed keys when an unknown one is refused.
+    """
     if isinstance(value, ParamSelector):
         return value
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(_SELECTOR_FIELDS))
+        unknown = sorted(set(value) - set(_SELECTOR_FIELDS) - set(extra_keys))
         if unknown:
-            raise CallbackMisuse(f"{what}: unknown selector field(s) {unknown}; known: {', '.join(_SELECTOR_FIELDS)}")
-        return ParamSelector(**dict(value))
+            raise CallbackMisuse(f"{what}: unknown key(s) {unknown}; allowed: "
+                                 f"{', '.join([*extra_keys, *_SELECTOR_FIELDS])}")
+        try:
+            return ParamSelector(**{k: v for k, v in value.items() if k not in extra_keys})
+        except SelectionError as err:
+            raise CallbackMisuse(f"{what}: {err}") from None
     raise CallbackMisuse(f"{what}: expected a ParamSelector or a mapping of its fields, got {type(value).__name__}")
 
 
-def resolve_union(module: nn.Module, selectors: Sequence[ParamSelector], prefix: str = "") -> list[str]:
+def resolve(selector: ParamSelector, module: nn.Module, what: str) -> list[str]:
+    """``selector.resolve(module)``, with a failure re-raised naming the callback and argument ``what``."""
+    try:
+        return selector.resolve(module)
+    except SelectionError as err:
+        raise CallbackMisuse(f"{what}: {err}") from None
+
+
+def resolve_union(module: nn.Module, selectors: Sequence[ParamSelector], what: str, prefix: str = "") -> list[str]:
     """Names (``module.named_parameters()`` order) selected by any selector; ``prefix`` restricts to a subtree."""
     picked: set[str] = set()
-    for sel in selectors:
-        picked.update(sel.resolve(module))
+    for i, sel in enumerate(selectors):
+        picked.update(resolve(sel, module, f"{what}[{i}]"))
     return [n for n, _ in module.named_parameters() if n in picked and n.startswith(prefix)]
 
 
 def get_submodule(pl_module: nn.Module, attr: str, role: str, arg: str) -> nn.Module:
-    """``pl_module.<attr>`` (dotted path allowed), refused with the fix when missing or not a module."""
+    """``pl_module.<attr>`` (dotted path allowed), refused naming ``arg`` (e.g. ``"HeadWarmStart.head_attr"``)."""
     obj: Any = pl_module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            children = ", ".join(n for n, _ in pl_module.named_children()) or "none"
-            raise CallbackMisuse(f"{type(pl_module).__name__} has no {role} attribute {attr!r} (its children: "
-                                 f"{children}); set {arg}= to the attribute that holds the {role}")
+            children = ", ".join(n for n, _ in obj.named_children()) if isinstance(obj, nn.Module) else ""
+            raise CallbackMisuse(f"{arg}={attr!r}: {type(obj).__name__} has no attribute {part!r} (its children: "
+                                 f"{children or 'none'}); set {arg} to the attribute that holds the {role}")
         obj = getattr(obj, part)
     if not isinstance(obj, nn.Module):
-        raise CallbackMisuse(f"{type(pl_module).__name__}.{attr} is a {type(obj).__name__}, not an nn.Module; set "
-                             f"{arg}= to the attribute that holds the {role}")
+        raise CallbackMisuse(f"{arg}={attr!r} is a {type(obj).__name__}, not an nn.Module; set {arg} to the "
+                             f"attribute that holds the {role}")
     return obj
 
 
@@ -122,6 +137,17 @@ def optimizer_param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
     return {id(p) for g in optimizer.param_groups for p in g["params"]}
 
 
+_NOT_EXTENDABLE = ("OneCycleLR", "CyclicLR", "SequentialLR", "ChainedScheduler")
+
+
+def check_extendable(scheduler: Any, owner: str) -> None:
+    """Refuse, at fit start, a scheduler that cannot schedule a param group added later."""
+    name = type(scheduler).__name__
+    if name in _NOT_EXTENDABLE:
+        raise CallbackMisuse(f"{owner} adds a param group mid-fit, which {name} cannot schedule; use a LambdaLR "
+                             "(e.g. transformers' linear warmup), StepLR, ReduceLROnPlateau, or no scheduler")
+
+
 def extend_scheduler(scheduler: Any, base_lr: float) -> None:
     """Make ``scheduler`` schedule a param group just appended to its optimizer (F3).
 
@@ -129,9 +155,7 @@ def extend_scheduler(scheduler: Any, base_lr: float) -> None:
     leave later groups alone (huggingface/transformers#20029); cyclic ones cannot be extended at all.
     """
     name = type(scheduler).__name__
-    if name in ("OneCycleLR", "CyclicLR", "SequentialLR", "ChainedScheduler"):
-        raise CallbackMisuse(f"cannot add a param group under {name}: it cannot schedule a group added later; "
-                             "use a LambdaLR (e.g. transformers' linear warmup) or unfreeze from the start")
+    check_extendable(scheduler, "Freezing")
     if name == "ReduceLROnPlateau":
         scheduler.min_lrs.append(scheduler.min_lrs[0])
         scheduler.default_min_lr = None
@@ -172,32 +196,23 @@ def steps_per_epoch(trainer: Trainer) -> int:
     return max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
 
 
-def named_tensors(module: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    table = dict(module.named_parameters())
-    return {n: table[n] for n in names}
-
-
 def describe(names: Sequence[str], limit: int = 3) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def is_fitting(trainer: Trainer) -> bool:
-    from lightning.pytorch.trainer.states import TrainerFn
-
-    return trainer.state.fn == TrainerFn.FITTING
-
-
-def callback_state(checkpoint: Mapping[str, Any], key: str) -> Optional[dict[str, Any]]:
-    """This callback's entry in a full checkpoint dict (``None`` when the checkpoint predates it)."""
-    return checkpoint.get("callbacks", {}).get(key)
-
-
-def module_of(trainer: Trainer, pl_module: Optional[LightningModule] = None) -> LightningModule:
-    return pl_module if pl_module is not None else trainer.lightning_module
+def backbone_names(pl_module: nn.Module, backbone_attr: str, owner: str) -> list[str]:
+    """Every parameter name under ``pl_module.<backbone_attr>`` (the shared default of Freezing and ChildTuningD)."""
+    backbone = get_submodule(pl_module, backbone_attr, "backbone", f"{owner}.backbone_attr")
+    prefix = submodule_prefix(pl_module, backbone)
+    names = [n for n, _ in pl_module.named_parameters() if n.startswith(prefix)]
+    if not names:
+        raise CallbackMisuse(f"{owner}: the backbone {backbone_attr!r} has no parameters; set backbone_attr= to the "
+                             "attribute that holds the pretrained model")
+    return names
 
 
-__all__ = ["SelectorLike", "CallbackMisuse", "SelectionError", "as_selector", "resolve_union", "get_submodule",
-           "submodule_prefix", "check_strategy", "rewrap_ddp", "optimizer_param_ids", "extend_scheduler",
-           "lambda_factor", "linear_warmup_decay", "steps_per_epoch", "named_tensors", "describe", "is_fitting",
-           "callback_state", "module_of"]
+__all__ = ["SelectorLike", "CallbackMisuse", "SelectionError", "as_selector", "resolve", "resolve_union",
+           "get_submodule", "submodule_prefix", "backbone_names", "check_strategy", "rewrap_ddp",
+           "optimizer_param_ids", "check_extendable", "extend_scheduler", "lambda_factor", "linear_warmup_decay",
+           "steps_per_epoch", "describe", "file_sha256", "tensor_sha256"]

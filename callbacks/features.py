@@ -7,32 +7,33 @@ train and dev dataloaders in eval mode and saves, per split, exactly what the he
 pre-hook on the head, so no second code path computes "features") with the batch labels, to
 ``<default_root_dir>/features.npz``. ``petune features plot`` draws the panels.
 
-Depends on lightning, torch and numpy only.
+Depends on lightning and torch (and numpy, which lightning itself imports).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from pl_petune.callbacks._common import CallbackMisuse, get_submodule
+from pl_petune.callbacks._inference import infer
 from typing_extensions import override
-
-from pl_petune.callbacks._common import CallbackMisuse
 
 SPLITS = ("train", "dev")
 
 
-def capture_head_inputs(module: torch.nn.Module, head: torch.nn.Module, batches: Iterable[dict[str, Any]],
+def capture_head_inputs(module: torch.nn.Module, head: torch.nn.Module, batches: Iterable[Any],
                         label_key: str = "labels", limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``module`` over ``batches`` (no grad) and return what ``head`` received, with the batch labels.
+    """Run ``module`` over ``batches`` (eval, no grad) and return what ``head`` received, with the batch labels.
 
     Args:
-        module: the model; called as ``module(**batch_without_labels)``.
+        module: the model; called as ``module(**batch_without_labels)`` (dict batches) or ``module(batch[0])``.
         head: a submodule of ``module`` whose first positional input is recorded.
-        batches: dict batches (tensors), each holding ``label_key``.
+        batches: batches holding labels (``label_key`` of a dict, or the second item of a tuple).
         label_key: the labels' key, removed before the call.
         limit: stop after this many examples (``None``: all).
 
@@ -40,38 +41,26 @@ def capture_head_inputs(module: torch.nn.Module, head: torch.nn.Module, batches:
         ``(features, labels)``: float32 ``(n, hidden)`` and ``(n,)``. For multiple-choice inputs the head sees
         ``choices`` rows per example; the rows are kept as the head saw them (``n * choices`` rows).
     """
-    seen: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float().cpu()))
-    labels: list[torch.Tensor] = []
-    device = next(module.parameters()).device
-    count = 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-                          if k != label_key}
-                module(**inputs)
-                labels.append(batch[label_key].detach().cpu())
-                count += len(batch[label_key])
-                if limit is not None and count >= limit:
-                    break
-    finally:
-        handle.remove()
-    if not seen:
-        raise CallbackMisuse("the head was never called; is `head_attr` the module that reads the features?")
-    feats, labs = torch.cat(seen).numpy(), torch.cat(labels).numpy()
-    if limit is not None and len(feats) == len(labs):
-        feats, labs = feats[:limit], labs[:limit]
-    return feats.astype(np.float32), labs
+    got = infer(module, batches, capture=head, label_key=label_key, keep_outputs=False, limit=limit)
+    if got.features is None:
+        raise CallbackMisuse("SaveHeadFeatures.head_attr: the head was never called; point head_attr at the module "
+                             "that reads the features")
+    if got.labels is None:
+        raise CallbackMisuse(f"SaveHeadFeatures: the batches have no labels ({label_key!r} of a dict batch, or the "
+                             "second item of a tuple)")
+    return got.features.numpy().astype(np.float32), got.labels.numpy()
 
 
 class SaveHeadFeatures(Callback):
     """Save the classification head's inputs on train and dev after the test pass (best weights).
 
+    The file is written atomically (a temp file in the same folder, fsync, rename) by rank 0.
+
     Args:
-        splits: which dataloaders to read: ``train`` (the datamodule's ``train_dataloader``) and/or ``dev``
-            (``val_dataloader``). The held-out test split is never read here.
-        head_attr: attribute of the LightningModule holding the head (a ``torch.nn.Module``).
+        splits: which dataloaders to read: ``train`` (the datamodule's ``train_dataloader``, else the loader
+            of the fit that ran before in this Trainer) and/or ``dev`` (``val_dataloader``, likewise). The
+            held-out test split is never read here.
+        head_attr: attribute (dotted path) of the LightningModule holding the head (a ``torch.nn.Module``).
         limit: at most this many examples per split (t-SNE on a few thousand points is enough).
         filename: the ``.npz`` file, written in ``dirpath`` (default: the trainer's ``default_root_dir``,
             which ``petune fit`` sets to the run folder).
@@ -98,6 +87,7 @@ class SaveHeadFeatures(Callback):
         self.filename = filename
         self.dirpath = dirpath
         self._path: Optional[Path] = None
+        self._fitted: dict[str, Any] = {}  # the loaders of a fit in this Trainer, when there is no datamodule
 
     @property
     @override
@@ -106,32 +96,44 @@ class SaveHeadFeatures(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        head = getattr(pl_module, self.head_attr, None)
-        if not isinstance(head, torch.nn.Module):
-            raise CallbackMisuse(f"SaveHeadFeatures: {type(pl_module).__name__}.{self.head_attr} is not a module; "
-                                 "set head_attr to the attribute holding the classification head")
+        get_submodule(pl_module, self.head_attr, "classification head", "SaveHeadFeatures.head_attr")
+        if stage == "test" and not self._loaders(trainer):
+            raise CallbackMisuse("SaveHeadFeatures reads the train and dev loaders after the test pass, but this "
+                                 "Trainer has neither a LightningDataModule nor a finished fit; test with the "
+                                 "datamodule, or with the Trainer that ran fit")
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fitted = {"train": trainer.train_dataloader, "dev": trainer.val_dataloaders}
+
+    def _loaders(self, trainer: Trainer) -> dict[str, Callable[[], Any]]:
+        dm = trainer.datamodule
+        if dm is not None:
+            return {"train": dm.train_dataloader, "dev": dm.val_dataloader}
+        return {k: (lambda v=v: v) for k, v in self._fitted.items() if v is not None}
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.datamodule is None:
-            raise CallbackMisuse("SaveHeadFeatures needs a LightningDataModule (it reads its train/val loaders)")
-        loaders: dict[str, Callable[[], Any]] = {"train": trainer.datamodule.train_dataloader,
-                                                 "dev": trainer.datamodule.val_dataloader}
-        head = getattr(pl_module, self.head_attr)
+        loaders = self._loaders(trainer)
+        missing = [s for s in self.splits if s not in loaders]
+        if missing:
+            raise CallbackMisuse(f"SaveHeadFeatures.splits: no {'/'.join(missing)} loader to read; give a "
+                                 "datamodule or drop it from splits")
+        head = get_submodule(pl_module, self.head_attr, "classification head", "SaveHeadFeatures.head_attr")
         arrays: dict[str, np.ndarray] = {}
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            for split in self.splits:
-                feats, labels = capture_head_inputs(pl_module, head, loaders[split](), limit=self.limit)
-                arrays[f"{split}_features"], arrays[f"{split}_labels"] = feats, labels
-        finally:
-            pl_module.train(was_training)
+        for split in self.splits:
+            feats, labels = capture_head_inputs(pl_module, head, loaders[split](), limit=self.limit)
+            arrays[f"{split}_features"], arrays[f"{split}_labels"] = feats, labels
         if trainer.is_global_zero:
             folder = Path(self.dirpath or trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            self._path = folder / self.filename
-            np.savez_compressed(self._path, **arrays)
+            path, tmp = folder / self.filename, folder / f".{self.filename}.tmp"
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            self._path = path
 
     def record_extra(self) -> dict[str, Any]:
         """The saved file, for the run record (``extra.head_features``)."""

@@ -20,22 +20,23 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import nn
-from typing_extensions import override
-
 from pl_petune.callbacks._common import (
     CallbackMisuse,
     SelectorLike,
     as_selector,
+    backbone_names,
+    check_extendable,
     check_strategy,
     describe,
     extend_scheduler,
     lambda_factor,
-    optimizer_param_ids,
+    resolve,
     resolve_union,
     rewrap_ddp,
 )
-from pl_petune.callbacks.selection import DEFAULT_LAYER_PATTERN, ParamSelector, SelectionError
+from pl_petune.callbacks.selection import DEFAULT_LAYER_PATTERN, ParamSelector
+from torch import nn
+from typing_extensions import override
 
 _STEP_KEYS = ("epoch", "lr")
 
@@ -45,26 +46,36 @@ class Freezing(Callback):
 
     At ``setup`` the union of ``freeze`` selectors, minus ``keep``, stops requiring grad (so
     ``configure_optimizers`` can leave it out). At the start of each epoch listed in ``unfreeze``, the
-    step's parameters train again and join the optimizer as one new param group with
-    ``lr = step lr`` or ``lr_ratio × group 0's base lr``, scheduled like group 0.
+    step's parameters train again in a new param group with ``lr = step lr`` or ``lr_ratio × group 0's base
+    lr``, scheduled like group 0. A parameter ``configure_optimizers`` already holds (frozen, so without
+    gradient until now) moves out of its group into the new one, keeping that group's other
+    hyper-parameters (weight decay, betas), so the step's lr always applies. Schedulers that cannot take a
+    new group (OneCycleLR, CyclicLR, SequentialLR, ChainedScheduler) are refused at fit start.
 
     Args:
         freeze: selectors (a :class:`ParamSelector` or a mapping of its fields) whose union is frozen.
-            Default: every parameter under ``pl_module.backbone``.
+            Default: every parameter under ``pl_module.<backbone_attr>``.
         keep: selectors that stay trainable although ``freeze`` matches them (e.g. ``{"bias_only": True}``).
         top_k: shorthand for keeping the top ``k`` layers of the frozen set trainable (EH-FT's Top-K).
         unfreeze: steps, each ``{"epoch": int, "lr": float | None, <selector fields>}``; a step with no
             selector fields unfreezes everything still frozen.
         gradual_every: unfreeze one layer every this many epochs, top layer first (ULMFiT's gradual
-            unfreezing), starting at ``gradual_start``; layers come from ``layer_pattern``.
+            unfreezing), starting at ``gradual_start``; layers come from ``layer_pattern``. A parameter
+            without a layer index goes with the layer before it in ``named_parameters()`` order (a pooler with
+            the top layer); those before every layer (embeddings) unfreeze one step after layer 0.
         gradual_start: first epoch of gradual unfreezing.
         lr_ratio: the lr of an unfrozen group relative to group 0's base lr, when a step gives no ``lr``.
         train_bn: keep BatchNorm parameters trainable inside frozen modules (Lightning's default).
         layer_pattern: regex with one group capturing the layer index in a parameter name.
         optimizer_idx: the optimizer that receives unfrozen groups.
+        backbone_attr: attribute (dotted path) of the module holding the backbone, for the default ``freeze``
+            (the same argument as HeadWarmStart's and ChildTuningD's).
 
     Raises:
-        CallbackMisuse: a selector that matches nothing, a step epoch < 0, or an unsupported strategy.
+        CallbackMisuse: at construction: a bad regex or selector field, a step without an integer ``epoch``
+            or with an unknown key (allowed: ``epoch``, ``lr`` and the selector fields); at setup: a selector
+            that matches nothing; at fit start: a scheduler that cannot take a new group, a strategy that
+            shards parameters.
 
     Example:
         >>> Freezing(freeze=[{"include": [r"^backbone\."]}], unfreeze=[{"epoch": 2, "lr": 1e-5}])
@@ -82,21 +93,26 @@ class Freezing(Callback):
         train_bn: bool = True,
         layer_pattern: str = DEFAULT_LAYER_PATTERN,
         optimizer_idx: int = 0,
+        backbone_attr: str = "backbone",
     ) -> None:
         super().__init__()
-        self.freeze = [as_selector(s, "Freezing.freeze") for s in (freeze or [{"include": [r"^backbone\."]}])]
-        self.keep = [as_selector(s, "Freezing.keep") for s in keep]
+        self.freeze = [as_selector(s, f"Freezing.freeze[{i}]") for i, s in enumerate(freeze)] if freeze else None
+        self.keep = [as_selector(s, f"Freezing.keep[{i}]") for i, s in enumerate(keep)]
+        self.backbone_attr = backbone_attr
         if top_k is not None and top_k < 1:
             raise CallbackMisuse(f"Freezing.top_k must be >= 1, got {top_k}; use freeze without top_k to freeze all")
         self.top_k = top_k
         self.unfreeze = [dict(step) for step in unfreeze]
-        for step in self.unfreeze:
-            epoch = step.get("epoch")
-            if not isinstance(epoch, int) or epoch < 0:
-                raise CallbackMisuse(f"Freezing.unfreeze step {step} needs an integer 'epoch' >= 0")
-            sel = {k: v for k, v in step.items() if k not in _STEP_KEYS}
-            if sel:
-                as_selector(sel, f"Freezing.unfreeze step at epoch {epoch}")
+        for i, step in enumerate(self.unfreeze):
+            epoch, lr = step.get("epoch"), step.get("lr")
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise CallbackMisuse(f"Freezing.unfreeze[{i}]={step} needs an integer 'epoch' >= 0; allowed keys: "
+                                     f"{', '.join(_STEP_KEYS)} and the selector fields")
+            if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+                raise CallbackMisuse(f"Freezing.unfreeze[{i}].lr={lr!r} must be a number > 0 or absent "
+                                     "(then lr_ratio x group 0's lr)")
+            if isinstance(step, Mapping):
+                as_selector(step, f"Freezing.unfreeze[{i}]", extra_keys=_STEP_KEYS)
         if gradual_every is not None and gradual_every < 1:
             raise CallbackMisuse(f"Freezing.gradual_every must be >= 1, got {gradual_every}")
         if gradual_every is not None and self.unfreeze:
@@ -118,16 +134,21 @@ class Freezing(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(freeze=[s.describe() for s in self.freeze],
-                                        keep=[s.describe() for s in self.keep], top_k=self.top_k)
+        # the schedule is part of the identity: two instances differing only in it must not share a state
+        return self._generate_state_key(
+            freeze=[s.describe() for s in self.freeze] if self.freeze else f"backbone:{self.backbone_attr}",
+            keep=[s.describe() for s in self.keep], top_k=self.top_k,
+            unfreeze=[{k: (v if k in _STEP_KEYS else str(v)) for k, v in sorted(step.items())} for step in self.unfreeze],
+            gradual=(self.gradual_every, self.gradual_start) if self.gradual_every else None)
 
     # ---- what is frozen ------------------------------------------------------------------------------
     def frozen_names(self, pl_module: nn.Module) -> list[str]:
         """Names frozen before training: ``freeze`` minus ``keep``, ``top_k`` and (with ``train_bn``) BatchNorm."""
-        names = resolve_union(pl_module, self.freeze)
-        drop: set[str] = set()
-        for sel in self.keep:
-            drop.update(sel.resolve(pl_module))
+        if self.freeze is None:
+            names = backbone_names(pl_module, self.backbone_attr, "Freezing")
+        else:
+            names = resolve_union(pl_module, self.freeze, "Freezing.freeze")
+        drop: set[str] = set(resolve_union(pl_module, self.keep, "Freezing.keep"))
         if self.top_k is not None:
             layers = self._layers(names)
             if not layers:
@@ -155,25 +176,28 @@ class Freezing(Callback):
         frozen_set = set(frozen)
         steps: list[dict[str, Any]] = []
         if self.gradual_every is not None:
-            layers = sorted(self._layers(frozen), reverse=True)
-            if not layers:
+            by_layer: dict[int, list[str]] = {}
+            below: list[str] = []  # before every layer (embeddings)
+            current: Optional[int] = None
+            for n in frozen:
+                layer = self._layer_of(n)
+                current = layer if layer is not None else current
+                (by_layer.setdefault(current, []) if current is not None else below).append(n)
+            if not by_layer:
                 raise CallbackMisuse(f"Freezing.gradual_every: no layer index in the frozen parameters with "
                                      f"layer_pattern {self.layer_pattern!r}; set layer_pattern")
-            for k, layer in enumerate(layers):
-                names = [n for n in frozen if self._layer_of(n) == layer]
-                steps.append({"epoch": self.gradual_start + k * self.gradual_every, "lr": None, "names": names})
-            return steps
-        for step in self.unfreeze:
+            groups = [by_layer[k] for k in sorted(by_layer, reverse=True)] + ([below] if below else [])
+            return [{"epoch": self.gradual_start + k * self.gradual_every, "lr": None, "names": names}
+                    for k, names in enumerate(groups)]
+        for i, step in enumerate(self.unfreeze):
             sel = {k: v for k, v in step.items() if k not in _STEP_KEYS}
             if sel:
-                try:
-                    picked = as_selector(sel, "unfreeze").resolve(pl_module)
-                except SelectionError as err:
-                    raise CallbackMisuse(f"Freezing.unfreeze step at epoch {step['epoch']}: {err}") from None
+                what = f"Freezing.unfreeze[{i}]"
+                picked = resolve(as_selector(sel, what), pl_module, what)
                 names = [n for n in picked if n in frozen_set]
                 if not names:
-                    raise CallbackMisuse(f"Freezing.unfreeze step at epoch {step['epoch']} selects no frozen "
-                                         f"parameter (it picked {describe(picked)}); select frozen ones")
+                    raise CallbackMisuse(f"{what} (epoch {step['epoch']}) selects no frozen parameter (it picked "
+                                         f"{describe(picked)}); select frozen ones")
             else:
                 names = list(frozen)
             steps.append({"epoch": step["epoch"], "lr": step.get("lr"), "names": names})
@@ -207,6 +231,15 @@ class Freezing(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._module = pl_module
         state, self._restored = self._restored, None
+        pending = len(self._steps) > len(state.get("done", [])) if state else bool(self._steps)
+        if pending:
+            if self.optimizer_idx >= len(trainer.optimizers):
+                raise CallbackMisuse(f"Freezing.optimizer_idx={self.optimizer_idx} but configure_optimizers returned "
+                                     f"{len(trainer.optimizers)} optimizer(s)")
+            optimizer = trainer.optimizers[self.optimizer_idx]
+            for cfg in trainer.lr_scheduler_configs:
+                if cfg.scheduler.optimizer is optimizer:
+                    check_extendable(cfg.scheduler, "Freezing")
         if not state:
             return
         # The optimizer was just rebuilt from setup()'s frozen state, as in the original run; give it the groups
@@ -240,27 +273,34 @@ class Freezing(Callback):
             params = [table[n] for n in step["names"]]
             for p in params:
                 p.requires_grad_(True)
-            in_opt = optimizer_param_ids(optimizer)
-            new = [(n, p) for n, p in zip(step["names"], params) if id(p) not in in_opt]
-            lr = None
-            if new:
-                base = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
-                lr = float(step["lr"]) if step["lr"] is not None else base * self.lr_ratio
-                self._add_group(trainer, optimizer, [p for _, p in new], lr)
-            self._added.append({"step": i, "names": [n for n, _ in new], "lr": lr})
+            base = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+            lr = float(step["lr"]) if step["lr"] is not None else base * self.lr_ratio
+            self._add_group(trainer, optimizer, params, lr)
+            self._added.append({"step": i, "names": list(step["names"]), "lr": lr})
             self._done.append(i)
         rewrap_ddp(trainer)
 
     def _add_group(self, trainer: Trainer, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
                    lr: Optional[float]) -> None:
+        """New param group(s) at ``lr``: parameters already in a group move out of it with its hyper-parameters."""
         if not params or lr is None:
             return
         configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
         factor = lambda_factor(configs[0].scheduler) if configs else 1.0
-        # other hyper-parameters (betas, eps, weight decay) come from the optimizer's defaults
-        optimizer.add_param_group({"params": params, "lr": lr * factor, "initial_lr": lr})
-        for cfg in configs:
-            extend_scheduler(cfg.scheduler, lr)
+        source = {id(p): gi for gi, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        by_source: dict[Optional[int], list[nn.Parameter]] = {}
+        for p in params:
+            by_source.setdefault(source.get(id(p)), []).append(p)
+        for gi, ps in by_source.items():
+            hyper: dict[str, Any] = {}
+            if gi is not None:
+                group, moving = optimizer.param_groups[gi], {id(p) for p in ps}
+                group["params"] = [q for q in group["params"] if id(q) not in moving]
+                hyper = {k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+            # other hyper-parameters of a parameter new to the optimizer come from its defaults
+            optimizer.add_param_group({**hyper, "params": ps, "lr": lr * factor, "initial_lr": lr})
+            for cfg in configs:
+                extend_scheduler(cfg.scheduler, lr)
 
     def record_extra(self) -> dict[str, Any]:
         """What the run record stores about freezing (``petune fit`` collects it)."""

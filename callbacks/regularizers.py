@@ -11,15 +11,26 @@
 from __future__ import annotations
 
 import math
+import re
 import types
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from pl_petune.callbacks._common import (
+    CallbackMisuse,
+    SelectorLike,
+    as_selector,
+    backbone_names,
+    check_strategy,
+    resolve,
+    tensor_sha256,
+)
+from pl_petune.callbacks.selection import DEFAULT_LAYER_PATTERN
 from torch import nn
 from typing_extensions import override
 
-from pl_petune.callbacks._common import CallbackMisuse, SelectorLike, as_selector, check_strategy, tensor_sha256
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 def _mixout_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -32,36 +43,74 @@ def _mixout_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(x, weight, self.bias)
 
 
+def disable_dropout(module: nn.Module) -> list[str]:
+    """Turn every dropout of ``module`` off; returns what was changed.
+
+    ``nn.Dropout`` modules get ``p = 0``; so do float attributes named ``*dropout*`` of a module or of its
+    ``config`` (Hugging Face SDPA and flash attention read ``self.dropout_prob`` / ``config.attention_dropout``
+    at forward time, not an ``nn.Dropout``).
+    """
+    changed: list[str] = []
+    for name, mod in module.named_modules():
+        if isinstance(mod, _DROPOUT_TYPES):
+            if mod.p:
+                changed.append(f"{name}.p")
+            mod.p = 0.0
+        holders = [(name, mod)]
+        config = getattr(mod, "config", None)
+        if config is not None and not isinstance(config, nn.Module) and hasattr(config, "__dict__"):
+            holders.append((f"{name}.config" if name else "config", config))
+        for where, obj in holders:
+            for attr, value in list(vars(obj).items()):
+                if "dropout" in attr.lower() and isinstance(value, float) and value:
+                    setattr(obj, attr, 0.0)
+                    changed.append(f"{where}.{attr}" if where else attr)
+    return sorted(set(changed))
+
+
 class Mixout(Callback):
-    r"""Mixout regularisation towards the weights a module has at ``setup`` (its pretrained weights).
+    r"""Mixout regularisation towards the weights a module has before training (its pretrained weights).
 
     Every matching ``nn.Linear`` gets a non-persistent buffer ``mixout_target`` (``W₀``) and a forward that
-    mixes its weight with it during training (biases are not mixed). Checkpoint keys do not change. As in
-    EH-FT's ``replace_layer_for_mixout``, ``p`` defaults to 0.7, the head's Linear layers are included, and
-    dropout is turned off (``disable_dropout``), since mixout replaces it.
+    mixes its weight with it during training (biases are not mixed). Checkpoint keys do not change. The
+    targets are taken after the module's ``setup()``/``configure_model()`` (a module may load its pretrained
+    weights there): at fit start, or, on a resume, just before Lightning restores the checkpoint's weights.
+    As in EH-FT's ``replace_layer_for_mixout``, ``p`` defaults to 0.7, the head's Linear layers are included,
+    and dropout is turned off (``disable_dropout``: ``nn.Dropout`` modules and attention-dropout floats of
+    Hugging Face models), since mixout replaces it.
 
     Args:
         p: mixout probability, in [0, 1).
         include: regexes over module names (``re.search``); default every Linear.
         exclude: regexes over module names to skip.
-        disable_dropout: set ``p = 0`` on every ``nn.Dropout`` of the module (Lee et al.'s recipe).
+        disable_dropout: turn every dropout of the module off (Lee et al.'s recipe; see :func:`disable_dropout`).
 
     Raises:
-        CallbackMisuse: ``p`` out of range, or no Linear layer matched.
+        CallbackMisuse: ``p`` out of range or a bad regex (at construction), no Linear layer matched, or a
+            resume from a run whose pretrained weights differ.
     """
 
     def __init__(self, p: float = 0.7, include: Sequence[str] = (), exclude: Sequence[str] = (),
                  disable_dropout: bool = True) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise CallbackMisuse(f"Mixout.p must be in [0, 1), got {p}; EH-FT uses 0.7")
-        self.p = p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise CallbackMisuse(f"Mixout.p={p!r} must be in [0, 1); EH-FT uses 0.7")
+        for arg, patterns in (("include", include), ("exclude", exclude)):
+            if isinstance(patterns, str):
+                raise CallbackMisuse(f"Mixout.{arg}={patterns!r} must be a list of regexes; write [{patterns!r}]")
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise CallbackMisuse(f"Mixout.{arg}: bad regex {pattern!r}: {err}") from None
+        self.p = float(p)
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.disable_dropout = disable_dropout
         self._layers: list[str] = []
         self._target_sha: Optional[str] = None
-        self._loaded_sha: Optional[str] = None
+        self._dropout_off: list[str] = []
+        self._hook: Any = None
 
     @property
     @override
@@ -69,8 +118,6 @@ class Mixout(Callback):
         return self._generate_state_key(p=self.p, include=self.include, exclude=self.exclude)
 
     def _selected(self, pl_module: nn.Module) -> list[tuple[str, nn.Linear]]:
-        import re
-
         out = []
         for name, mod in pl_module.named_modules():
             if not isinstance(mod, nn.Linear):
@@ -82,26 +129,43 @@ class Mixout(Callback):
             out.append((name, mod))
         return out
 
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit" or self._layers:
+    def _install(self, pl_module: nn.Module) -> None:
+        if self._layers:
             return
-        check_strategy(trainer, "Mixout")
         layers = self._selected(pl_module)
         if not layers:
             raise CallbackMisuse(f"Mixout matched no nn.Linear (include={list(self.include)}, "
                                  f"exclude={list(self.exclude)}); widen include")
-        for name, mod in layers:
-            # setup runs before a checkpoint is restored: this is the weight as constructed (pretrained)
+        for _, mod in layers:
             mod.register_buffer("mixout_target", mod.weight.detach().clone(), persistent=False)
             mod.mixout_p = self.p
             mod.forward = types.MethodType(_mixout_forward, mod)
         self._layers = [n for n, _ in layers]
         self._target_sha = tensor_sha256({name: mod.mixout_target for name, mod in layers})
         if self.disable_dropout:
-            for mod in pl_module.modules():
-                if isinstance(mod, nn.Dropout):
-                    mod.p = 0.0
+            self._dropout_off = disable_dropout(pl_module)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or self._layers:
+            return
+        check_strategy(trainer, "Mixout")
+        # On a resume the first load_state_dict is Lightning restoring the checkpoint: take the targets just
+        # before it overwrites the pretrained weights (after the module's setup and configure_model).
+        self._hook = pl_module.register_load_state_dict_pre_hook(lambda module, *_: self._install(module))
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._install(pl_module)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -110,11 +174,12 @@ class Mixout(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("target_sha256") and self._target_sha and state_dict["target_sha256"] != self._target_sha:
-            raise CallbackMisuse("Mixout: the module's weights at setup differ from the run being resumed, so the "
-                                 "mixout targets would change; build the module from the same pretrained weights")
+            raise CallbackMisuse("Mixout: the module's weights before training differ from the run being resumed, so "
+                                 "the mixout targets would change; build the module from the same pretrained weights")
 
     def record_extra(self) -> dict[str, Any]:
-        return {"mixout": {"p": self.p, "layers": len(self._layers), "dropout_disabled": self.disable_dropout}}
+        return {"mixout": {"p": self.p, "layers": len(self._layers), "dropout_disabled": self.disable_dropout,
+                           "dropout_turned_off": list(self._dropout_off)}}
 
 
 class ChildTuningD(Callback):
@@ -122,18 +187,24 @@ class ChildTuningD(Callback):
 
     At the start of training (not again on resume: the mask is in the checkpoint, bit-packed), the Fisher
     information ``F_i = Σ g_i²`` of the masked parameters is summed over one epoch of training batches
-    (``fisher_batches`` to cap it), each batch's gradient clipped to norm ``max_grad_norm`` first (as the
-    reference does); the mask keeps entries with ``F ≥`` the ``(1 − reserve_p)`` quantile over all masked
-    parameters together. Before every optimizer step, gradients outside the mask are zeroed (with Adam
+    (``fisher_batches`` to cap it), each batch's gradient clipped first to norm ``max_grad_norm``: per
+    parameter tensor by default, as EH-FT's reference calls ``clip_grad_norm_`` on each parameter
+    (``clip_mode="per_tensor"``), or over all masked tensors together (``"joint"``); the mask keeps entries
+    with ``F ≥`` the ``(1 − reserve_p)`` quantile over all masked parameters together. Before every optimizer step, gradients outside the mask are zeroed (with Adam
     moments starting at zero, masked entries then never move; weight decay still applies to all, as in
     ``ChildTuningAdamW``).
 
     Args:
         reserve_p: share of the masked parameters that train, in (0, 1]; EH-FT: 0.1.
         params: selector of the parameters the mask applies to (a ParamSelector or mapping of its fields);
-            default the backbone's transformer layers (EH-FT masks ``transformer.layers.*``).
+            default the parameters with a layer index under ``backbone_attr`` (EH-FT masks
+            ``transformer.layers.*``).
         fisher_batches: cap on the batches of the Fisher pass (default: one full epoch).
-        max_grad_norm: per-batch gradient clipping in the Fisher pass (the reference's 1.0).
+        max_grad_norm: per-batch gradient clipping in the Fisher pass (the reference's 1.0); ``None``: none.
+        clip_mode: ``"per_tensor"`` (default; EH-FT's reference, the parity value) or ``"joint"`` (one norm
+            over all masked tensors, ``clip_grad_norm_`` on the list).
+        backbone_attr: attribute (dotted path) of the module holding the backbone, for the default ``params``
+            (the same argument as HeadWarmStart's and Freezing's).
         loss_fn: ``fn(pl_module, batch, batch_idx) -> loss``; default ``pl_module.training_step`` with its
             logging muted.
 
@@ -143,23 +214,32 @@ class ChildTuningD(Callback):
 
     def __init__(self, reserve_p: float = 0.1, params: Optional[SelectorLike] = None,
                  fisher_batches: Optional[int] = None, max_grad_norm: Optional[float] = 1.0,
-                 loss_fn: Optional[Callable[[LightningModule, Any, int], torch.Tensor]] = None) -> None:
+                 loss_fn: Optional[Callable[[LightningModule, Any, int], torch.Tensor]] = None,
+                 clip_mode: Literal["per_tensor", "joint"] = "per_tensor", backbone_attr: str = "backbone") -> None:
         super().__init__()
-        if not 0.0 < reserve_p <= 1.0:
-            raise CallbackMisuse(f"ChildTuningD.reserve_p must be in (0, 1], got {reserve_p}; EH-FT uses 0.1")
+        if isinstance(reserve_p, bool) or not isinstance(reserve_p, (int, float)) or not 0.0 < reserve_p <= 1.0:
+            raise CallbackMisuse(f"ChildTuningD.reserve_p={reserve_p!r} must be in (0, 1]; EH-FT uses 0.1")
+        if clip_mode not in ("per_tensor", "joint"):
+            raise CallbackMisuse(f"ChildTuningD.clip_mode={clip_mode!r} is unknown; use 'per_tensor' (EH-FT) or 'joint'")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise CallbackMisuse(f"ChildTuningD.max_grad_norm={max_grad_norm!r} must be > 0 or None (no clipping)")
+        if fisher_batches is not None and fisher_batches < 1:
+            raise CallbackMisuse(f"ChildTuningD.fisher_batches={fisher_batches!r} must be >= 1 or None (one epoch)")
         self.reserve_p = reserve_p
-        default = {"include": [r"^backbone\.(?:.*\.)?(?:layer|layers|block|h)\.\d+\."]}
-        self.params = as_selector(params if params is not None else default, "ChildTuningD.params")
+        self.params = as_selector(params, "ChildTuningD.params") if params is not None else None
         self.fisher_batches = fisher_batches
         self.max_grad_norm = max_grad_norm
         self.loss_fn = loss_fn
+        self.clip_mode = clip_mode
+        self.backbone_attr = backbone_attr
         self._masks: dict[str, torch.Tensor] = {}
         self._stats: dict[str, Any] = {}
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(reserve_p=self.reserve_p, params=self.params.describe())
+        params = self.params.describe() if self.params is not None else f"layers of {self.backbone_attr}"
+        return self._generate_state_key(reserve_p=self.reserve_p, params=params)
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -180,20 +260,34 @@ class ChildTuningD(Callback):
             raise CallbackMisuse("ChildTuningD: training_step returned no loss tensor; pass loss_fn=")
         return loss
 
+    def _names(self, pl_module: LightningModule) -> list[str]:
+        if self.params is not None:
+            return resolve(self.params, pl_module, "ChildTuningD.params")
+        layer = re.compile(DEFAULT_LAYER_PATTERN)
+        names = [n for n in backbone_names(pl_module, self.backbone_attr, "ChildTuningD") if layer.search(n)]
+        if not names:
+            raise CallbackMisuse(f"ChildTuningD: no parameter under {self.backbone_attr!r} has a layer index; set "
+                                 "params= to the parameters to mask")
+        return names
+
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             check_strategy(trainer, "ChildTuningD")
-            self.params.resolve(pl_module)  # refuse an empty selection before training
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._names(pl_module)  # refuse an empty selection before any step (after the module's configure_model)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._masks:
             return
-        names = [n for n in self.params.resolve(pl_module) if dict(pl_module.named_parameters())[n].requires_grad]
+        table = dict(pl_module.named_parameters())
+        names = [n for n in self._names(pl_module) if table[n].requires_grad]
         if not names:
-            raise CallbackMisuse(f"ChildTuningD: selection {self.params.describe()} has no trainable parameter; the "
-                                 "backbone must train (a type with 'all' in EH-FT's terms)")
+            raise CallbackMisuse("ChildTuningD.params has no trainable parameter; the backbone must train (a type "
+                                 "with 'all' in EH-FT's terms)")
         table = dict(pl_module.named_parameters())
         params = [table[n] for n in names]
         fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
@@ -209,9 +303,11 @@ class ChildTuningD(Callback):
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
             if self.max_grad_norm is not None:
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-                scale = min(1.0, self.max_grad_norm / (float(norm) + 1e-6))
-                grads = [g * scale for g in grads]
+                # the coefficient of torch's clip_grad_norm_, per tensor (EH-FT) or over all tensors together
+                norms = [torch.linalg.vector_norm(g) for g in grads]
+                if self.clip_mode == "joint":
+                    norms = [torch.linalg.vector_norm(torch.stack(norms))] * len(grads)
+                grads = [g * min(1.0, self.max_grad_norm / (float(n) + 1e-6)) for g, n in zip(grads, norms)]
             for f, g in zip(fisher, grads):
                 f += g.detach().float() ** 2
             batches += 1
@@ -236,26 +332,34 @@ class ChildTuningD(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        import numpy as np
-
-        packed = {n: (torch.from_numpy(np.packbits(m.cpu().numpy().ravel())), tuple(m.shape))
-                  for n, m in self._masks.items()}
-        return {"masks": packed, "stats": dict(self._stats)}
+        return {"masks": {n: (pack_bits(m), tuple(m.shape)) for n, m in self._masks.items()},
+                "stats": dict(self._stats)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        import numpy as np
-
-        masks = {}
-        for n, (bits, shape) in state_dict.get("masks", {}).items():
-            numel = math.prod(shape)
-            flat = np.unpackbits(bits.numpy())[:numel].astype(bool)
-            masks[n] = torch.from_numpy(flat).view(shape)
-        self._masks = masks
+        self._masks = {n: unpack_bits(bits, tuple(shape)) for n, (bits, shape) in state_dict.get("masks", {}).items()}
         self._stats = dict(state_dict.get("stats", {}))
 
     def record_extra(self) -> dict[str, Any]:
-        return {"child_tuning_d": {"reserve_p": self.reserve_p, "params": self.params.describe(), **self._stats}}
+        params = self.params.describe() if self.params is not None else f"layers of {self.backbone_attr}"
+        return {"child_tuning_d": {"reserve_p": self.reserve_p, "params": params, "clip_mode": self.clip_mode,
+                                   "max_grad_norm": self.max_grad_norm, **self._stats}}
+
+
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor as uint8 bytes, first element in the high bit (the layout of ``numpy.packbits``)."""
+    flat = mask.detach().cpu().flatten().to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)])
+    return (flat.view(-1, 8) * _BIT_WEIGHTS).sum(1, dtype=torch.uint8) if flat.numel() else flat
+
+
+def unpack_bits(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The inverse of :func:`pack_bits`."""
+    flat = (bits.to(torch.uint8).view(-1, 1) & _BIT_WEIGHTS).ne(0).flatten()
+    return flat[: math.prod(shape)].view(shape)
 
 
 __all__ = ["Mixout", "ChildTuningD"]

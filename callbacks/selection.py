@@ -16,14 +16,19 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import torch
+from pl_petune.callbacks._errors import CallbackMisuse
 from torch import nn
 
 # The layer index in HF encoder parameter names: "encoder.layer.3.", "layers.3.", "block.3.", "h.3."
 DEFAULT_LAYER_PATTERN = r"(?:^|\.)(?:layer|layers|block|h)\.(\d+)\."
 
 
-class SelectionError(ValueError):
-    """A selection that cannot be resolved (bad pattern, nothing matched, unknown module type)."""
+class SelectionError(CallbackMisuse):
+    """A selection that cannot be resolved (bad pattern, nothing matched, unknown module type).
+
+    A :class:`CallbackMisuse`, so one ``except`` catches every misuse; the callbacks re-raise it with their own
+    name and argument in front.
+    """
 
 
 def _type_matches(mod: nn.Module, types: Sequence[type | str]) -> bool:
@@ -64,6 +69,21 @@ class ParamSelector:
     layer_pattern: str = DEFAULT_LAYER_PATTERN
     allow_empty: bool = False
     _compiled: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # refuse a bad regex or module type when the selector is built, not when it first resolves
+        for key in ("include", "exclude", "module_types"):
+            if isinstance(getattr(self, key), (str, type)):
+                raise SelectionError(f"{key} must be a list, got the single value {getattr(self, key)!r}; "
+                                     f"write [{getattr(self, key)!r}]")
+        for pattern in (*self.include, *self.exclude):
+            self._re(pattern)
+        if self._re(self.layer_pattern).groups != 1:
+            raise SelectionError(f"layer_pattern {self.layer_pattern!r} must have exactly one group capturing the "
+                                 "layer index, e.g. r'(?:^|\\.)layer\\.(\\d+)\\.'")
+        bad = [t for t in self.module_types if not isinstance(t, (str, type))]
+        if bad:
+            raise SelectionError(f"module_types {bad!r} must be classes or class names such as 'LayerNorm'")
 
     def _re(self, pattern: str) -> re.Pattern:
         if pattern not in self._compiled:

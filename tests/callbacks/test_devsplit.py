@@ -76,17 +76,17 @@ def test_carves_a_dev_split_when_none_is_given(tmp_path):
 def test_misuse(tmp_path):
     train, dev = make_data()
     with pytest.raises(CallbackMisuse, match="no development split.*dev_fraction=0.1"):
-        L.Trainer(**trainer_kwargs(tmp_path, callbacks=[DevSplitEarlyStopping()])).fit(TinyModule(), train)
+        L.Trainer(**trainer_kwargs(tmp_path, callbacks=[DevSplitEarlyStopping("val_loss")])).fit(TinyModule(), train)
     with pytest.raises(CallbackMisuse, match="monitor 'val_acc' is not logged; logged: .*val_loss.*set monitor="):
         L.Trainer(**trainer_kwargs(tmp_path, callbacks=[DevSplitEarlyStopping(monitor="val_acc")])).fit(
             TinyModule(), train, dev)
     with pytest.raises(CallbackMisuse, match="dev_fraction=1.5 is out of range"):
-        DevSplitEarlyStopping(dev_fraction=1.5)
+        DevSplitEarlyStopping("val_loss", dev_fraction=1.5)
 
 
 def test_leaky_protocol_allows_testing_any_time(tmp_path):
     _, dev = make_data()
-    trainer = L.Trainer(**trainer_kwargs(tmp_path, callbacks=[DevSplitEarlyStopping(leaky=True)]))
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, callbacks=[DevSplitEarlyStopping("val_loss", leaky=True)]))
     trainer.test(ModuleWithTest(), dev)
     trainer.test(ModuleWithTest(), dev)
 

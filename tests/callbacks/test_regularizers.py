@@ -48,7 +48,7 @@ def test_mixout_pulls_towards_pretrained_more_than_plain_finetuning(tmp_path):
 
 
 def test_mixout_misuse():
-    with pytest.raises(CallbackMisuse, match=r"Mixout.p must be in \[0, 1\), got 1.0; EH-FT uses 0.7"):
+    with pytest.raises(CallbackMisuse, match=r"Mixout.p=1.0 must be in \[0, 1\); EH-FT uses 0.7"):
         Mixout(p=1.0)
 
 
@@ -117,7 +117,7 @@ def test_child_tuning_resume_keeps_the_mask(tmp_path):
 
 
 def test_child_tuning_misuse(tmp_path):
-    with pytest.raises(CallbackMisuse, match=r"reserve_p must be in \(0, 1\], got 0; EH-FT uses 0.1"):
+    with pytest.raises(CallbackMisuse, match=r"reserve_p=0 must be in \(0, 1\]; EH-FT uses 0.1"):
         ChildTuningD(reserve_p=0)
     model = TinyModule()
     for p in model.backbone.parameters():

@@ -1,0 +1,173 @@
+"""The mechanics of HeadWarmStart's two stages, as plain functions: the plan, following modules through the
+PET drop, finding a checkpoint's state, resetting other callbacks through their public state, the BitFit bias.
+
+Private to ``pl_petune.callbacks``; depends on lightning and torch only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Optional, Union
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.utilities.types import LRSchedulerConfig
+from pl_petune.callbacks._common import (
+    CallbackMisuse,
+    describe,
+    get_submodule,
+    linear_warmup_decay,
+    steps_per_epoch,
+)
+from torch import nn
+
+
+def check_plan(solver: str, stage1_epochs: Optional[Union[int, float]]) -> Union[int, float]:
+    """The validated ``stage1_epochs`` (an int >= 1, a fraction in (0, 1), or 0 for the probe)."""
+    if solver not in ("adamw", "lbfgs"):
+        raise CallbackMisuse(f"HeadWarmStart.solver {solver!r} is unknown; use 'adamw' or 'lbfgs'")
+    if solver == "lbfgs":
+        if stage1_epochs not in (None, 0):
+            raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} with solver='lbfgs': the probe is "
+                                 "solved before epoch 0, so stage 1 has no epochs; remove stage1_epochs")
+        return 0
+    value = 0.1 if stage1_epochs is None else stage1_epochs
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs must be an int or a float, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, float) and not 0 < value < 1:
+        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={value} is out of range; give a fraction of max_epochs in "
+                             "(0, 1) (EH-FT: 0.1) or a whole number of epochs >= 1")
+    if isinstance(value, int) and value < 1:
+        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={value} is out of range; give a whole number of epochs "
+                             ">= 1 or a fraction of max_epochs in (0, 1)")
+    return value
+
+
+def resolve_plan(stage1_epochs: Union[int, float], max_epochs: Optional[int]) -> tuple[int, int]:
+    """``(stage-1 epochs, max_epochs)`` of a fit: a fraction is floored, at least 1 (EH-FT's 10 %)."""
+    if max_epochs is None or max_epochs < 1:
+        raise CallbackMisuse(f"HeadWarmStart counts stages in epochs but Trainer(max_epochs={max_epochs}); "
+                             "set trainer max_epochs")
+    s1 = max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float) else int(stage1_epochs)
+    if s1 >= max_epochs:
+        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} gives {s1} stage-1 epochs of "
+                             f"max_epochs={max_epochs}, leaving none for stage 2; lower stage1_epochs or raise max_epochs")
+    return s1, max_epochs
+
+
+def follow(pl_module: nn.Module, old: nn.Module, alive: set[int], attr: str, role: str, drop_fn: str) -> nn.Module:
+    """Where the ``role`` module is after the PET drop: the same object, else the module at ``attr`` (holding the
+    surviving tensors ``alive``), else the smallest module holding all of ``alive`` (PEFT's unload replaces a
+    ``modules_to_save`` wrapper by its trained copy)."""
+    modules = [m for _, m in pl_module.named_modules()]
+    if any(m is old for m in modules):
+        return old
+    try:
+        at_path = get_submodule(pl_module, attr, role, "")
+    except CallbackMisuse:
+        at_path = None
+    if at_path is not None and alive <= {id(p) for p in at_path.parameters()}:
+        return at_path
+    holders = [m for m in modules if alive and alive <= {id(p) for p in m.parameters()}]
+    if not holders:
+        raise CallbackMisuse(f"HeadWarmStart: after {drop_fn}() the {role} is gone: neither its module, nor a module "
+                             f"at {attr!r}, nor one holding its tensors is in the LightningModule; {drop_fn}() must keep "
+                             f"the {role}'s tensors (PEFT: self.model = self.model.unload())")
+    return min(holders, key=lambda m: sum(1 for _ in m.parameters()))
+
+
+def find_state(checkpoint: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    """The entry under ``key``, else the single entry whose key starts with the class ``name``; else refused."""
+    states = checkpoint.get("callbacks") or {}
+    if key in states:
+        return states[key]
+    mine = [k for k in states if str(getattr(k, "__qualname__", k)).startswith(name)]
+    if len(mine) == 1:
+        return states[mine[0]]
+    if mine:
+        raise CallbackMisuse(f"{name}: the checkpoint holds {len(mine)} {name} states ({mine}); cannot tell which "
+                             "one this run continues")
+    raise CallbackMisuse(f"{name}: the checkpoint holds no {name} state (its callback states: "
+                         f"{describe([str(k) for k in states]) or 'none'}), so its stage is unknown; load it with the "
+                         f"{name} that wrote it, or without {name}")
+
+
+def fresh_states(trainer: Trainer) -> list[tuple[Callback, dict[str, Any]]]:
+    """Copies of the public state of the trainer's monitoring checkpoint and early-stopping callbacks."""
+    watched: list[Callback] = [cb for cb in trainer.checkpoint_callbacks if cb.state_dict().get("monitor") is not None]
+    watched += list(trainer.early_stopping_callbacks)
+    return [(cb, copy.deepcopy(cb.state_dict())) for cb in watched]
+
+
+def reset_callbacks(states: list[tuple[Callback, dict[str, Any]]]) -> Optional[str]:
+    """Give each callback back its saved state (``load_state_dict``), keeping where it writes checkpoints.
+
+    Returns:
+        The best checkpoint path a ModelCheckpoint held before the reset (stage 1's best), if any.
+    """
+    best = None
+    for cb, fresh in states:
+        now = cb.state_dict()
+        if now.get("best_model_path") and "best_k_models" in now:
+            best = now["best_model_path"]
+        keep = {k: now[k] for k in ("dirpath", "last_model_path") if k in now}
+        cb.load_state_dict({**copy.deepcopy(fresh), **keep})
+    return best
+
+
+def reinit_linear_biases(head: nn.Module, seed: int) -> None:
+    """Every Linear bias of ``head`` drawn afresh from nn.Linear's default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in head.modules():
+            if isinstance(mod, nn.Linear) and mod.bias is not None:
+                bound = 1.0 / math.sqrt(mod.in_features) if mod.in_features > 0 else 0.0
+                fresh = torch.rand(mod.bias.shape, generator=gen, dtype=torch.float64) * 2 * bound - bound
+                mod.bias.copy_(fresh.to(mod.bias.dtype))
+
+
+def stage_optimizer(trainer: Trainer, stage: int, lr: Optional[float], to_adamw: bool, epochs: int,
+                    warmup_ratio: float) -> str:
+    """A fresh optimizer from ``configure_optimizers`` (as AdamW when ``to_adamw``) at ``lr`` (``None``: the
+    module's own), with a linear warmup and decay over the stage's steps (EH-FT's schedule); returns its class."""
+    trainer.strategy.setup_optimizers(trainer)
+    optimizers = trainer.strategy.optimizers
+    if len(optimizers) != 1:
+        raise CallbackMisuse(f"HeadWarmStart needs exactly one optimizer; configure_optimizers returned {len(optimizers)}")
+    opt = optimizers[0]
+    if to_adamw and not isinstance(opt, torch.optim.AdamW):
+        groups = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in opt.param_groups]
+        opt = torch.optim.AdamW(groups, lr=lr)
+    for g in opt.param_groups:
+        base = lr if lr is not None else g.get("initial_lr", g["lr"])
+        g.pop("initial_lr", None)
+        g["lr"] = base
+    total = max(1, epochs * steps_per_epoch(trainer))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(math.ceil(warmup_ratio * total), total))
+    trainer.strategy.optimizers = [opt]
+    trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(sched, interval="step", name=f"stage{stage}")]
+    return type(opt).__name__
+
+
+def restore_pretrained(backbone: nn.Module, prefix: str, pretrained: dict[str, torch.Tensor],
+                       by_id: dict[int, torch.Tensor], keep: set[str], reserve: bool, drop_fn: str) -> None:
+    """Copy each backbone tensor's pretrained value back: found by identity (the drop may rename tensors),
+    else by name (a drop that rebuilt the backbone); ``keep`` stays as trained."""
+    with torch.no_grad():
+        for name, t in [*backbone.named_parameters(), *backbone.named_buffers()]:
+            value = by_id.get(id(t))
+            if value is None and prefix + name in pretrained and prefix + name not in keep:
+                value = pretrained[prefix + name]
+            if value is None:
+                if reserve:
+                    continue
+                raise CallbackMisuse(f"HeadWarmStart: backbone tensor {name!r} did not exist at fit start, so it has "
+                                     f"no pretrained value; {drop_fn}() must remove every added layer")
+            t.copy_(value)
+
+
+__all__ = ["stage_optimizer", "restore_pretrained", "check_plan", "resolve_plan", "follow", "find_state", "fresh_states", "reset_callbacks",
+           "reinit_linear_biases"]
