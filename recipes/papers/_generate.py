@@ -21,6 +21,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from pl_petune.tasks import get_task
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = Path("recipes/papers")
 SWEEPS = Path("sweeps/papers")
@@ -241,7 +243,8 @@ REV_COMMON = ("Shared settings (REFERENCE §1.3, §1.5): roberta-base, max lengt
               "COPA (multiple choice) the PETuning code's: the frozen pretrained pooler, dropout 0.1 and a trainable "
               "Linear(768, 1) per choice, 769 head parameters (model.init_args.head pooler_linear).")
 REV_COMMON += " " + LABEL
-MC_TASKS = ("copa",)  # multiple choice: PETuning's pooler + Linear(hidden, 1) head (REFERENCE §10)
+# Multiple choice (from the task registry): PETuning's pooler + Linear(hidden, 1) head (REFERENCE §10).
+MC_TASKS = tuple(t for t in REV_TASKS if get_task(t).kind == "multiple_choice")
 PROTOCOL_TEXT = {
     "parity": "Protocol: PETuning parity: data.protocol petuning (dev = the last 10 % of train, unshuffled, the same "
               "for every seed; test = the official validation set) and padding to 128 as the released code does.",

@@ -33,6 +33,7 @@ CASES = [
     (None, "head", "big", "unknown head 'big'; known: mlp, linear, ehft, pooler_linear"),
     (None, "binary_head", "sigmoid", "unknown binary_head 'sigmoid'; known: two_logits, one_logit"),
     (None, "lr", "fast", "Got value: fast"),
+    (None, "train_pooler", "true", "train_pooler true needs head pooler_linear"),
     ("LoRA", "r", "0", "r must be an integer >= 1, got 0"),
     ("LoRA", "r", "2.5", "Got value: 2.5"),
     ("LoRA", "alpha", "0", "alpha must be positive, got 0.0"),

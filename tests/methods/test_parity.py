@@ -162,3 +162,25 @@ def test_random_subset_effective_count_survives_a_checkpoint(tiny_bert):
     b = get_method("random")(task="cb", backbone=tiny_bert, size=300, init_seed=5)
     b.on_load_checkpoint(ckpt)
     assert b.effective_entries() == a.effective_entries() is not None
+
+
+@pytest.mark.slow
+def test_run_record_carries_nominal_and_effective_random_entries(tiny_bert, data_dir, tmp_path, monkeypatch):
+    """Through `petune fit`, as a user runs it: the record states both budgets."""
+    import json
+    from pathlib import Path
+
+    from pl_petune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    quick = str(Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml")
+    rc = main(["fit", "--config", quick, "--model.class_path", "pl_petune.methods.RandomSubset",
+               "--model.init_args.backbone", tiny_bert, "--model.init_args.size", "3000",
+               "--data.data_dir", data_dir, "--data.max_length", "32", "--trainer.max_epochs", "1",
+               "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(tmp_path / "s.sqlite")])
+    assert rc == 0
+    record = json.loads(next((tmp_path / "runs").rglob("record.json")).read_text())
+    extra = record["extra"]
+    assert extra["random_entries_nominal"] == 3000 and extra["random_draw_from"] == "backbone"
+    assert extra["random_entries_in_embeddings"] > 0
+    assert 0 < extra["random_entries_effective"] < 3000  # unused embedding rows never get a gradient
