@@ -218,6 +218,7 @@ class HeadWarmStart(Callback):
     def _drop_pet(self, pl_module: LightningModule) -> None:
         """Drop the PET layers and follow backbone and head to wherever the drop left them."""
         backbone, head = self._parts(pl_module)
+        self._pet = self._pet or self._pet_names(pl_module)  # kept for the record once the layers are gone
         before = {"backbone": [id(p) for p in backbone.parameters()], "head": [id(p) for p in head.parameters()]}
         getattr(pl_module, self.drop_pet_fn)()
         alive = {id(p) for p in pl_module.parameters()}
@@ -306,7 +307,7 @@ class HeadWarmStart(Callback):
         trainer.fit_loop.min_epochs = max(trainer.fit_loop.min_epochs or 0, self._stage1_epochs + 1)
         backbone, head = self._parts(pl_module)
         bb_prefix, head_prefix = submodule_prefix(pl_module, backbone), submodule_prefix(pl_module, head)
-        self._pet = self._pet_names(pl_module)
+        self._pet = self._pet_names(pl_module) or self._pet
         if self._pet and not self.reserve and not callable(getattr(pl_module, self.drop_pet_fn, None)):
             raise CallbackMisuse(f"HeadWarmStart.drop_pet_fn: {type(pl_module).__name__} lists PET parameters but has "
                                  f"no {self.drop_pet_fn}() to discard them at the switch; add it, or set reserve=True")

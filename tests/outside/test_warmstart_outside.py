@@ -77,6 +77,7 @@ def test_resume_mid_stage_with_another_spelling_ends_like_an_uninterrupted_run(t
     hws = HeadWarmStart(stage1_epochs=0.5, stage1_lr=1e-2)
     model, _ = _ehft(tmp_path / "res", hws, ckpt_path=str(tmp_path / "res" / "ck" / "last.ckpt"))
     assert hws.stage == 2 and hws.record_extra()["head_warm_start"]["switch_epoch"] == 2
+    assert hws.record_extra()["head_warm_start"]["pet_parameters"] == 6  # as recorded by an uninterrupted run
     assert ref.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ref.state_dict().items())
 
