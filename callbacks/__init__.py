@@ -10,7 +10,13 @@ from pl_petune.callbacks.devsplit import DevSplitEarlyStopping, HeldOutTooEarly
 from pl_petune.callbacks.features import SaveHeadFeatures
 from pl_petune.callbacks.freezing import Freezing
 from pl_petune.callbacks.regularizers import ChildTuningD, Mixout
-from pl_petune.callbacks.selection import ParamSelector, SelectionError, count, params_by_name, set_trainable
+from pl_petune.callbacks.selection import (
+           ParamSelector,
+           SelectionError,
+           count,
+           params_by_name,
+           set_trainable,
+)
 from pl_petune.callbacks.warmstart import HeadWarmStart
 
 __all__ = ["ParamSelector", "SelectionError", "set_trainable", "params_by_name", "count", "CallbackMisuse",

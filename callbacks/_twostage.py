@@ -169,5 +169,29 @@ def restore_pretrained(backbone: nn.Module, prefix: str, pretrained: dict[str, t
             t.copy_(value)
 
 
-__all__ = ["stage_optimizer", "restore_pretrained", "check_plan", "resolve_plan", "follow", "find_state", "fresh_states", "reset_callbacks",
-           "reinit_linear_biases"]
+def record(cb: Any) -> dict[str, Any]:
+    """HeadWarmStart's run record: the plan, the solver, the head's source, the switch and the probe."""
+    head_source = ("L-BFGS logistic regression on frozen features (sklearn), "
+                   f"C={cb._lbfgs.get('C')}" if cb.solver == "lbfgs" else
+                   f"stage 1 ({cb._optimizer_name or 'AdamW'}, lr {cb.stage1_lr}, {cb._stage1_epochs} epochs)")
+    if not cb.keep_head_bias:
+        head_source += f"; weights only, biases re-initialised (seed {cb._head_bias_seed_used})"
+    return {
+        "solver": cb.solver,
+        "stage_plan": {
+            "stage1": {"epochs": cb._stage1_epochs, "lr": cb.stage1_lr, "warmup_ratio": cb.warmup_ratio,
+                       "trainable": len(cb._stage1_names), "train_pet": cb.train_pet,
+                       "extra": cb.stage1_params.describe() if cb.stage1_params else None},
+            "stage2": {"epochs": cb._max_epochs - cb._stage1_epochs, "lr": cb.stage2_lr,
+                       "warmup_ratio": cb.warmup_ratio,
+                       "trainable": cb.stage2_params.describe() if cb.stage2_params else "module default"},
+        },
+        "stage": cb._stage, "switch_epoch": cb._switch_epoch, "reserve": cb.reserve,
+        "pet_parameters": len(cb._pet), "head_source": head_source, "head_sha256_at_switch": cb._head_sha,
+        "head_bias_seed": cb._head_bias_seed_used, "stage1_best_checkpoint": cb._stage1_best,
+        "lbfgs": dict(cb._lbfgs) or None,
+    }
+
+
+__all__ = ["record", "stage_optimizer", "restore_pretrained", "check_plan", "resolve_plan", "follow", "find_state",
+           "fresh_states", "reset_callbacks", "reinit_linear_biases"]

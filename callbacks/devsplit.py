@@ -17,7 +17,14 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping
 from pl_petune.callbacks._common import CallbackMisuse, check_strategy, file_sha256
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler, Subset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
 from typing_extensions import override
 
 
@@ -104,7 +111,9 @@ class DevSplitEarlyStopping(EarlyStopping):
         self._carve(trainer)
 
     def _carve(self, trainer: Trainer) -> None:
-        from lightning.pytorch.trainer.connectors.data_connector import _DataLoaderSource
+        from lightning.pytorch.trainer.connectors.data_connector import (
+            _DataLoaderSource,
+        )
 
         loader = trainer.fit_loop._data_source.dataloader()
         n = _carvable_length(loader)

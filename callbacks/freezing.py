@@ -96,12 +96,17 @@ class Freezing(Callback):
         backbone_attr: str = "backbone",
     ) -> None:
         super().__init__()
+        freeze, keep, unfreeze = _as_list(freeze, "freeze"), _as_list(keep, "keep"), _as_list(unfreeze, "unfreeze")
         self.freeze = [as_selector(s, f"Freezing.freeze[{i}]") for i, s in enumerate(freeze)] if freeze else None
         self.keep = [as_selector(s, f"Freezing.keep[{i}]") for i, s in enumerate(keep)]
         self.backbone_attr = backbone_attr
         if top_k is not None and top_k < 1:
             raise CallbackMisuse(f"Freezing.top_k must be >= 1, got {top_k}; use freeze without top_k to freeze all")
         self.top_k = top_k
+        bad = [i for i, step in enumerate(unfreeze) if not isinstance(step, Mapping)]
+        if bad:
+            raise CallbackMisuse(f"Freezing.unfreeze[{bad[0]}]={unfreeze[bad[0]]!r} must be a mapping such as "
+                                 "{'epoch': 2, 'lr': 1e-5, <selector fields>}")
         self.unfreeze = [dict(step) for step in unfreeze]
         for i, step in enumerate(self.unfreeze):
             epoch, lr = step.get("epoch"), step.get("lr")
@@ -307,3 +312,15 @@ class Freezing(Callback):
         return {"freezing": {"frozen_selectors": [s.describe() for s in self.freeze],
                              "keep": [s.describe() for s in self.keep], "top_k": self.top_k,
                              "unfreeze": [{"epoch": s["epoch"], "params": len(s["names"])} for s in self._steps]}}
+
+
+def _as_list(value: Any, arg: str) -> list[Any]:
+    """A single selector or step (a mapping) as a one-item list; ``None`` as an empty one."""
+    if value is None:
+        return []
+    if isinstance(value, (Mapping, ParamSelector)):
+        return [value]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise CallbackMisuse(f"Freezing.{arg}={value!r} must be a list of selectors (mappings of ParamSelector fields)"
+                             + (" or unfreeze steps" if arg == "unfreeze" else ""))
+    return list(value)

@@ -239,7 +239,8 @@ class ChildTuningD(Callback):
     @override
     def state_key(self) -> str:
         params = self.params.describe() if self.params is not None else f"layers of {self.backbone_attr}"
-        return self._generate_state_key(reserve_p=self.reserve_p, params=params)
+        return self._generate_state_key(reserve_p=self.reserve_p, params=params, clip=(self.clip_mode, self.max_grad_norm),
+                                        fisher_batches=self.fisher_batches)
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from pl_petune.callbacks._twostage import (
     find_state,
     follow,
     fresh_states,
+    record,
     reinit_linear_biases,
     reset_callbacks,
     resolve_plan,
@@ -218,6 +219,7 @@ class HeadWarmStart(Callback):
     def _drop_pet(self, pl_module: LightningModule) -> None:
         """Drop the PET layers and follow backbone and head to wherever the drop left them."""
         backbone, head = self._parts(pl_module)
+        self._pet = self._pet or self._pet_names(pl_module)  # kept for the record once the layers are gone
         before = {"backbone": [id(p) for p in backbone.parameters()], "head": [id(p) for p in head.parameters()]}
         getattr(pl_module, self.drop_pet_fn)()
         alive = {id(p) for p in pl_module.parameters()}
@@ -306,7 +308,7 @@ class HeadWarmStart(Callback):
         trainer.fit_loop.min_epochs = max(trainer.fit_loop.min_epochs or 0, self._stage1_epochs + 1)
         backbone, head = self._parts(pl_module)
         bb_prefix, head_prefix = submodule_prefix(pl_module, backbone), submodule_prefix(pl_module, head)
-        self._pet = self._pet_names(pl_module)
+        self._pet = self._pet_names(pl_module) or self._pet
         if self._pet and not self.reserve and not callable(getattr(pl_module, self.drop_pet_fn, None)):
             raise CallbackMisuse(f"HeadWarmStart.drop_pet_fn: {type(pl_module).__name__} lists PET parameters but has "
                                  f"no {self.drop_pet_fn}() to discard them at the switch; add it, or set reserve=True")
@@ -407,23 +409,4 @@ class HeadWarmStart(Callback):
     # ---- the run record --------------------------------------------------------------------------------
     def record_extra(self) -> dict[str, Any]:
         """The stage plan, the head's source and the solver, for the run record (``petune fit`` collects it)."""
-        head_source = ("L-BFGS logistic regression on frozen features (sklearn), "
-                       f"C={self._lbfgs.get('C')}" if self.solver == "lbfgs" else
-                       f"stage 1 ({self._optimizer_name or 'AdamW'}, lr {self.stage1_lr}, {self._stage1_epochs} epochs)")
-        if not self.keep_head_bias:
-            head_source += f"; weights only, biases re-initialised (seed {self._head_bias_seed_used})"
-        return {"head_warm_start": {
-            "solver": self.solver,
-            "stage_plan": {
-                "stage1": {"epochs": self._stage1_epochs, "lr": self.stage1_lr, "warmup_ratio": self.warmup_ratio,
-                           "trainable": len(self._stage1_names), "train_pet": self.train_pet,
-                           "extra": self.stage1_params.describe() if self.stage1_params else None},
-                "stage2": {"epochs": self._max_epochs - self._stage1_epochs, "lr": self.stage2_lr,
-                           "warmup_ratio": self.warmup_ratio,
-                           "trainable": self.stage2_params.describe() if self.stage2_params else "module default"},
-            },
-            "stage": self._stage, "switch_epoch": self._switch_epoch, "reserve": self.reserve,
-            "pet_parameters": len(self._pet), "head_source": head_source, "head_sha256_at_switch": self._head_sha,
-            "head_bias_seed": self._head_bias_seed_used, "stage1_best_checkpoint": self._stage1_best,
-            "lbfgs": dict(self._lbfgs) or None,
-        }}
+        return {"head_warm_start": record(self)}

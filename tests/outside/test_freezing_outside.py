@@ -146,3 +146,19 @@ def test_one_way_to_name_the_backbone(tmp_path):
     _fit(tmp_path / "h", [hws, seen], epochs=2)
     assert set(seen.trainable[0]) == {"fc.weight", "fc.bias"}
     assert ParamSelector(include=[r"^encoder\."]).resolve(MLP())[0] == "encoder.embed.weight"
+
+
+def test_a_single_selector_or_step_is_taken_as_a_list_and_a_bad_one_refused(tmp_path):
+    seen = Seen()
+    _fit(tmp_path, [Freezing(freeze={"include": [r"^encoder\."]}, unfreeze={"epoch": 1}), seen], epochs=2)
+    assert set(seen.trainable[0]) == {"fc.weight", "fc.bias"}
+    assert set(seen.trainable[1]) == {n for n, _ in MLP().named_parameters()}
+    with pytest.raises(CallbackMisuse, match=r"^Freezing.unfreeze\[0\]=2 must be a mapping"):
+        Freezing(unfreeze=[2])
+    with pytest.raises(CallbackMisuse, match=r"^Freezing.freeze='\^encoder' must be a list of selectors"):
+        Freezing(freeze="^encoder")
+
+
+def test_child_tuning_state_key_holds_its_clipping():
+    assert ChildTuningD(clip_mode="joint").state_key != ChildTuningD().state_key
+    assert ChildTuningD(max_grad_norm=0.5).state_key != ChildTuningD().state_key

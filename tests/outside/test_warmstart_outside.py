@@ -77,6 +77,7 @@ def test_resume_mid_stage_with_another_spelling_ends_like_an_uninterrupted_run(t
     hws = HeadWarmStart(stage1_epochs=0.5, stage1_lr=1e-2)
     model, _ = _ehft(tmp_path / "res", hws, ckpt_path=str(tmp_path / "res" / "ck" / "last.ckpt"))
     assert hws.stage == 2 and hws.record_extra()["head_warm_start"]["switch_epoch"] == 2
+    assert hws.record_extra()["head_warm_start"]["pet_parameters"] == 6  # as recorded by an uninterrupted run
     assert ref.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ref.state_dict().items())
 
@@ -174,3 +175,27 @@ def test_a_drop_that_loses_the_head_is_refused_naming_the_fix(tmp_path):
     train, dev = data()
     with pytest.raises(CallbackMisuse, match="after drop_pet_layers\\(\\) the head is gone"):
         trainer(tmp_path, max_epochs=2, callbacks=[HeadWarmStart(stage1_epochs=1)]).fit(LosesHead(pet=True), train, dev)
+
+
+def test_other_callbacks_are_reset_only_through_their_public_state(tmp_path):
+    """Issue 16: at the switch, early stopping and checkpointing get their fit-start state through
+    load_state_dict (a callback that guards its attributes still works), so stage 2 selects on its own."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    class Guarded(EarlyStopping):
+        loads: list[dict] = []
+
+        def load_state_dict(self, state_dict):
+            Guarded.loads.append(dict(state_dict))
+            super().load_state_dict(state_dict)
+
+    es = Guarded(monitor="val_loss", patience=50)
+    mc = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss", save_top_k=1)
+    train, dev = data()
+    hws = HeadWarmStart(stage1_epochs=2, stage1_lr=1e-2)
+    trainer(tmp_path, max_epochs=3, callbacks=[hws, es, mc], enable_checkpointing=True).fit(MLP(pet=True), train, dev)
+    assert len(Guarded.loads) == 1 and Guarded.loads[0]["wait_count"] == 0
+    assert float(Guarded.loads[0]["best_score"]) == float("inf")
+    rec = hws.record_extra()["head_warm_start"]
+    assert rec["stage1_best_checkpoint"] and rec["stage1_best_checkpoint"] != mc.best_model_path
+    assert "epoch=2" in mc.best_model_path  # stage 2's only epoch is its best, whatever stage 1 scored
