@@ -98,8 +98,10 @@ class HeadWarmStart(Callback):
         reserve: keep the stage-1 PET parameters (and ``stage1_params`` values) in stage 2 (EH-FT's ablation).
         keep_head_bias: keep the stage-1 head biases; ``False`` re-initialises every head Linear's bias
             (nn.Linear's default init) as EH-FT's BitFit path does.
-        head_bias_seed: seed of that re-initialisation; default ``None``: the run's own seed (the one given
-            to ``seed_everything``, else ``torch.initial_seed()``), as the EH-FT reference draws it (parity).
+        head_bias_seed: seed of that re-initialisation; default ``None``: the run's own seed, as the EH-FT
+            reference draws it (parity): the module's ``init_seed`` (its attribute or hyper-parameter, when it
+            has one: new parameters are drawn under the weight-init seed), else the seed given to
+            ``seed_everything``, else ``torch.initial_seed()``.
         backbone_attr: attribute (dotted path) of the module holding the backbone.
         head_attr: attribute (dotted path) of the module holding the head.
         pet_names_fn: name of the module method listing PET parameter names.
@@ -382,7 +384,9 @@ class HeadWarmStart(Callback):
         if not self.keep_head_bias:
             seed = self.head_bias_seed
             if seed is None:
-                seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+                seed = _module_init_seed(pl_module)
+                if seed is None:
+                    seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
             self._head_bias_seed_used = int(trainer.strategy.broadcast(seed, src=0))  # one draw for every rank
             reinit_linear_biases(self._parts(pl_module)[1], self._head_bias_seed_used)
         self._head_sha = tensor_sha256(dict(self._parts(pl_module)[1].state_dict()))
@@ -410,3 +414,12 @@ class HeadWarmStart(Callback):
     def record_extra(self) -> dict[str, Any]:
         """The stage plan, the head's source and the solver, for the run record (``petune fit`` collects it)."""
         return {"head_warm_start": record(self)}
+
+
+def _module_init_seed(pl_module: Any) -> Optional[int]:
+    """The module's weight-init seed (``init_seed`` attribute or hyper-parameter), if it declares one."""
+    seed = getattr(pl_module, "init_seed", None)
+    if seed is None:
+        hparams = getattr(pl_module, "hparams", None)
+        seed = hparams.get("init_seed") if hasattr(hparams, "get") else None
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None

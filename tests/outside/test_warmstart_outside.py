@@ -123,9 +123,11 @@ def test_peft_seq_cls_wrapper_is_followed_through_the_drop(tmp_path):
     assert set(seen.trainable[1]) == {n for n, _ in model.named_parameters()}
 
 
-def _bitfit_bias(tmp_path, seed):
+def _bitfit_bias(tmp_path, seed, init_seed=None):
     L.seed_everything(seed)
     model = MLP()
+    if init_seed is not None:
+        model.init_seed = init_seed
     hws = HeadWarmStart(stage1_epochs=1, keep_head_bias=False, stage1_params={"include": [r"^encoder\."],
                                                                            "bias_only": True})
     seen = Seen()
@@ -144,6 +146,16 @@ def test_bitfit_head_bias_is_drawn_under_each_run_s_seed(tmp_path):
     bound = 1.0 / (12 ** 0.5)
     expected = torch.rand(3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 * bound - bound
     assert torch.equal(b2, expected.float())
+
+
+def test_head_bias_follows_a_module_s_init_seed_not_the_data_seed(tmp_path):
+    """With separate seeds (a module declaring ``init_seed``), the new head biases are new parameters: they
+    follow the weight-init seed, and changing the seed given to seed_everything (data order) leaves them."""
+    b_a, rec = _bitfit_bias(tmp_path / "a", 1, init_seed=7)
+    b_b, _ = _bitfit_bias(tmp_path / "b", 2, init_seed=7)
+    b_c, _ = _bitfit_bias(tmp_path / "c", 1, init_seed=8)
+    assert rec["head_bias_seed"] == 7
+    assert torch.equal(b_a, b_b) and not torch.equal(b_a, b_c)
 
 
 def test_lbfgs_probe_defaults_are_kumar_s_sweep():
