@@ -73,8 +73,9 @@ def identity(cfg: Any) -> dict[str, Any]:
     """
     flat = flatten(to_dict(cfg))
     defaults = _defaults(flat["model.class_path"])
+    # the type counts too: limit_train_batches 1 (one batch) is not 1.0 (all of them)
     return {k: v for k, v in drop_non_identity(flat).items()
-            if k in ALWAYS_IDENTITY or k not in defaults or defaults[k] != v}
+            if k in ALWAYS_IDENTITY or k not in defaults or defaults[k] != v or type(defaults[k]) is not type(v)}
 
 
 def apply_protocol(cfg: Any):

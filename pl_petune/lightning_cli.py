@@ -23,13 +23,13 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from pl_petune.arg_errors import ArgumentsError, CondensingParser, condense, petune_cause
-from pl_petune.data.module import TaskDataModule
+from pl_petune.data.module import TaskDataModule, check_data_files
 from pl_petune.callbacks._common import file_sha256
 from pl_petune.data.protocols import LEAKY
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.faults import RunGuard, one_line
 from pl_petune.identity import (ALWAYS_IDENTITY, NON_IDENTITY, apply_protocol, hparams, identity, method_name,
-                                run_key_for)
+                                run_key_for, to_dict)
 from pl_petune.methods import PetuneModule
 from pl_petune.record_build import log_record_to_wandb, summary_line
 from pl_petune.recorder import RunRecorder, discard_checkpoints
@@ -127,6 +127,7 @@ class PetuneCLI(LightningCLI):
 
         check_config(cfg, self.subcommand or "fit")
         spec = apply_protocol(cfg)
+        check_data_files(cfg.data.task, cfg.data.data_dir, to_dict(cfg.data.ood) if cfg.data.ood else None)
         if self.subcommand != "fit":
             if cfg.trainer.get("default_root_dir") is None:  # Lightning's default is ./lightning_logs
                 cfg.trainer.default_root_dir = str(Path(run.out_dir) / "eval")

@@ -71,7 +71,8 @@ def complete_record(
     steps: int,
     wall_time_s: float,
     majority_baseline: Optional[Mapping[str, float]],
-    early_stopped: bool,
+    stop: Mapping[str, Any],
+    mean_baseline: Optional[Mapping[str, Any]] = None,
     extra: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
     """The ``complete`` record: ``started`` plus selection, held-out scores and run length.
@@ -79,6 +80,8 @@ def complete_record(
     Args:
         started: the record :func:`start_record` returned for this run.
         best_path: the best-on-dev checkpoint the held-out split was scored with; its hash is ``best_sha256``.
+        stop: what :func:`stop_fields` returned at the end of fit.
+        mean_baseline: regression only: the train-mean constant prediction's scores on the test split.
         extra: what the module and callbacks add (``record_extra()``), merged over ``started["extra"]``.
     """
     rec = dict(started)
@@ -87,10 +90,46 @@ def complete_record(
         "best_dev": best_score, "best_checkpoint_sha256": best_sha256, "best_epoch": best_epoch,
         "dev_metrics": dict(dev_metrics), "test_metrics": dict(test_metrics), "epochs": epochs, "steps": steps,
         "wall_time_s": round(wall_time_s, 2), "majority_baseline": majority_baseline,
-        "early_stopped": bool(early_stopped),
+        "mean_baseline": mean_baseline, **stop,
     })
     rec["extra"] = {**started.get("extra", {}), **(extra or {}), "best_checkpoint": best_path}
     return rec
+
+
+STOP_REASONS = ("patience", "stopping_threshold", "divergence_threshold", "non_finite", "max_epochs", "max_steps",
+                "max_time", "stopped_by_callback", "not_stopped")
+
+
+def stop_fields(early_stopping: Optional[tuple[str, int, Optional[str]]], epochs: int, max_epochs: Optional[int],
+                steps: int, max_steps: int, out_of_time: bool, should_stop: bool) -> dict[str, Any]:
+    """Why and when fit stopped: ``early_stopped``, ``stop_reason`` (one of :data:`STOP_REASONS`), ``stop_epoch``.
+
+    Args:
+        early_stopping: ``(reason, epoch, message)`` of the EarlyStopping callback that stopped fit, reason one of
+            ``patience``, ``stopping_threshold``, ``divergence_threshold``, ``non_finite``; None if none did.
+        epochs: epochs trained (Lightning's ``current_epoch`` at the end of fit).
+        max_epochs, steps, max_steps: the limits and the optimizer steps taken.
+        out_of_time: the trainer's ``max_time`` ran out.
+        should_stop: some callback asked the trainer to stop.
+
+    Returns:
+        ``stop_epoch`` is the 0-based index of the last epoch trained (None when none was).
+    """
+    if early_stopping is not None:
+        reason, epoch, message = early_stopping
+        return {"early_stopped": True, "stop_reason": reason, "stop_epoch": int(epoch), "stop_message": message}
+    if max_epochs not in (None, -1) and epochs >= max_epochs:
+        reason = "max_epochs"
+    elif max_steps != -1 and steps >= max_steps:
+        reason = "max_steps"
+    elif out_of_time:
+        reason = "max_time"
+    elif should_stop:
+        reason = "stopped_by_callback"
+    else:
+        reason = "not_stopped"
+    return {"early_stopped": False, "stop_reason": reason, "stop_epoch": epochs - 1 if epochs > 0 else None,
+            "stop_message": None}
 
 
 def summary_line(record: Mapping[str, Any]) -> str:
@@ -103,7 +142,15 @@ def summary_line(record: Mapping[str, Any]) -> str:
     base = record.get("majority_baseline")
     if base:
         line += " (majority-class baseline: " + ", ".join(f"{n} = {base[n]:.4f}" for n in names if n in base) + ")"
-    return line + f"; best dev epoch {record['best_epoch']}, {record['epochs']} epochs, {record['wall_time_s']:.0f}s"
+    mean = record.get("mean_baseline")
+    if mean:
+        undefined = " and ".join(n for n in names if mean.get(n, 0) is None)
+        line += (f"; MSE = {record['test_metrics'].get('test/loss', float('nan')):.4f} (train-mean constant "
+                 f"baseline: MSE = {mean['mse']:.4f}" + (f"; its {undefined} undefined" if undefined else "") + ")")
+    stop = record.get("stop_reason")
+    stopped = f", stopped by {stop} in epoch {record.get('stop_epoch')}" if stop else ""
+    return line + (f"; best dev epoch {record['best_epoch']}, {record['epochs']} epochs{stopped}, "
+                   f"{record['wall_time_s']:.0f}s")
 
 
 def log_record_to_wandb(run: Any, record: Mapping[str, Any]) -> None:

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from pl_petune.callbacks._common import file_sha256
 from pl_petune.data.module import HeldOutAccessError
 from pl_petune.errors import ConfigError
-from pl_petune.record_build import complete_record, start_record
+from pl_petune.record_build import complete_record, start_record, stop_fields
 from pl_petune.records import run_key, write_json
 from pl_petune.store import Store, default_store_path
 
@@ -87,6 +88,7 @@ class RunRecorder(Callback):
         self._store: Optional[Store] = None
         self._t0 = 0.0
         self._fit_ended = False
+        self._stop: dict[str, Any] = {}
 
     # ---- identity of a plain-Lightning run ---------------------------------------------------------
     def _resolve(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -166,6 +168,7 @@ class RunRecorder(Callback):
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_ended = True
+        self._stop = _stop(trainer)
 
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -183,8 +186,7 @@ class RunRecorder(Callback):
             best_epoch=best_epoch, dev_metrics=self.history.get(best_epoch, {}) if best_epoch is not None else {},
             test_metrics={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
             epochs=trainer.current_epoch, steps=trainer.global_step, wall_time_s=time.time() - self._t0,
-            majority_baseline=dm.majority_baseline(),
-            early_stopped=bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0)),
+            majority_baseline=dm.majority_baseline(), mean_baseline=dm.mean_baseline(), stop=self._stop,
             extra=self._extras(trainer, pl_module),
         )
         record["leaky"] = bool(dm.leaky)  # a test pass the user let leak (dm.allow_leaky_test()) is flagged too
@@ -251,6 +253,22 @@ class RunRecorder(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = {int(k): v for k, v in state_dict.get("history", {}).items()}
+
+
+_ES_REASONS = {EarlyStoppingReason.PATIENCE_EXHAUSTED: "patience",
+               EarlyStoppingReason.STOPPING_THRESHOLD: "stopping_threshold",
+               EarlyStoppingReason.DIVERGENCE_THRESHOLD: "divergence_threshold",
+               EarlyStoppingReason.NON_FINITE_METRIC: "non_finite"}
+
+
+def _stop(trainer: L.Trainer) -> dict[str, Any]:
+    """The stop fields of a fit that just ended (see :func:`~pl_petune.record_build.stop_fields`)."""
+    by_es = next(((_ES_REASONS[es.stopping_reason], es.stopped_epoch, es.stopping_reason_message)
+                  for es in trainer.early_stopping_callbacks if es.stopping_reason in _ES_REASONS), None)
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    out_of_time = timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0
+    return stop_fields(by_es, trainer.current_epoch, trainer.max_epochs, trainer.global_step, trainer.max_steps,
+                       out_of_time, trainer.should_stop)
 
 
 def _method(pl_module: L.LightningModule) -> str:

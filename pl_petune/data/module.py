@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pl_petune.backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
 from pl_petune.data.protocols import LEAKY, Split, check_protocol, limit_train, make_split
-from pl_petune.data.sources import load_split, resolve_data_dir, source_id
+from pl_petune.data.sources import load_split, local_file, resolve_data_dir, source_id
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.tasks import get_task
 
@@ -175,7 +175,7 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         self.spec = get_task(task)
         self.task = task
-        resolve_data_dir(data_dir)  # a missing folder is refused now, not after the model is built
+        resolve_data_dir(data_dir)  # a missing folder is refused now; missing files at setup (check_data_files)
         self.data_dir = data_dir
         self.protocol = check_protocol(protocol)
         self.data_seed = int(data_seed)
@@ -300,7 +300,12 @@ class TaskDataModule(L.LightningDataModule):
     def _cache_key(self, split: str, spec=None) -> str:
         spec = spec or self.spec
         root = resolve_data_dir(self.data_dir)
-        ident = {"task": spec.name, "source": source_id(spec, split, root),
+        try:
+            source = source_id(spec, split, root)
+        except OSError:  # a missing or unreadable file: load_split's check names it and what the folder holds
+            load_split(spec, split, self.data_dir)
+            raise
+        ident = {"task": spec.name, "source": source,
                  "tokenizer": resolve_backbone(self.tokenizer_name), "max_length": self.max_length,
                  "format": FORMAT_VERSION}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
@@ -464,6 +469,31 @@ class TaskDataModule(L.LightningDataModule):
                                          "after the held-out pass (trainer.test)")
             self.datasets["test"] = self._part("test")
         return np.asarray(self.datasets["test"]["label"])
+
+
+def check_data_files(task: str, data_dir: Optional[str], ood: Optional[dict[str, Any]] = None) -> None:
+    """Refuse a missing data folder or file of ``task`` (and of its OOD sets) in one line, without reading them.
+
+    ``petune`` calls it before building the model and trainer; a data module meets the same files at setup.
+
+    Args:
+        task: registry name of the task.
+        data_dir: as :class:`TaskDataModule` takes it (None: ``$PETUNE_DATA_DIR``, else the hub: nothing to check).
+        ood: ``data.ood``: name → an :class:`OODSet` or a mapping with ``task`` and ``split``.
+
+    Raises:
+        DataError: the first missing file, naming it and what its folder holds.
+    """
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return
+    wanted = [(get_task(task), "train"), (get_task(task), "dev")]
+    for o in (ood or {}).values():
+        o_task, o_split = (o["task"], o.get("split", "dev")) if isinstance(o, dict) else (o.task, o.split)
+        wanted.append((get_task(o_task), o_split))
+    for spec, split in wanted:
+        if split in ("train", "dev") and not local_file(spec, split, root).is_file():
+            load_split(spec, split, data_dir)  # raises: file not found, with the folder's contents
 
 
 def _check_ood(name: str, o: OODSet, train) -> OODSet:

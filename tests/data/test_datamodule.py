@@ -111,3 +111,45 @@ def test_copa_is_multiple_choice(tiny_bert, data_dir):
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].dim() == 3 and batch["input_ids"].shape[1] == 2
     assert batch["labels"].dtype == torch.long
+
+
+def test_a_missing_data_file_is_one_line_from_the_cli(tmp_path):
+    """The issue's reproduction, in a fresh process: exit 2, one line naming the file, nothing written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "data" / "glue").mkdir(parents=True)
+    root = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-m", "pl_petune", "fit", "--config", str(root / "recipes" / "quickstart.yaml"),
+            "--data.task", "mrpc", "--data.data_dir", str(tmp_path / "data"),
+            "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(tmp_path / "s.sqlite")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-2000:]
+    assert "glue/MRPC/train.tsv: file not found for task mrpc split train" in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "s.sqlite").exists()
+
+
+def test_missing_files_are_data_errors_wherever_they_are_met(tiny_bert, data_dir, tmp_path):
+    import shutil
+
+    from pl_petune.data import DataError
+
+    cb = tmp_path / "super_glue" / "CB"
+    cb.mkdir(parents=True)
+    shutil.copy(f"{data_dir}/super_glue/CB/train.jsonl", cb)
+    from pl_petune.data.module import check_data_files
+
+    with pytest.raises(DataError, match="CB/val.jsonl: file not found for task cb split dev; the folder has: "
+                                        "train.jsonl"):
+        check_data_files("cb", str(tmp_path))
+    with pytest.raises(DataError, match="CB/val.jsonl: file not found for task cb split dev"):
+        TaskDataModule(task="cb", data_dir=str(tmp_path), tokenizer=tiny_bert).setup("fit")
+    shutil.copy(f"{data_dir}/super_glue/CB/val.jsonl", cb)
+    with pytest.raises(DataError, match="RTE/val.jsonl: file not found for task rte split dev"):  # an OOD set's
+        check_data_files("cb", str(tmp_path), {"rte": {"task": "rte", "label_map": {}}})
+    dm = TaskDataModule(task="cb", data_dir=str(tmp_path), tokenizer=tiny_bert)
+    (cb / "train.jsonl").unlink()  # gone after the check: source_id's stat must not surface as a traceback
+    with pytest.raises(DataError, match="CB/train.jsonl: file not found"):
+        dm.setup("fit")
