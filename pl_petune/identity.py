@@ -74,8 +74,14 @@ def identity(cfg: Any) -> dict[str, Any]:
     flat = flatten(to_dict(cfg))
     defaults = _defaults(flat["model.class_path"])
     # the type counts too: limit_train_batches 1 (one batch) is not 1.0 (all of them)
-    return {k: v for k, v in drop_non_identity(flat).items()
-            if k in ALWAYS_IDENTITY or k not in defaults or defaults[k] != v or type(defaults[k]) is not type(v)}
+    ident = {k: v for k, v in drop_non_identity(flat).items()
+             if k in ALWAYS_IDENTITY or k not in defaults or defaults[k] != v or type(defaults[k]) is not type(v)}
+    from pl_petune.tasks import get_task
+
+    version = get_task(flat["data.task"]).input_version
+    if version != 1:  # COPA and WiC read PETuning's text since version 2: their old runs are other runs
+        ident["data.input_version"] = version
+    return ident
 
 
 def apply_protocol(cfg: Any):
