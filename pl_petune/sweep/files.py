@@ -51,7 +51,11 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise SweepError(f"{p}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
                          "save the sweep file as UTF-8") from None
     try:
-        sweep = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+        loader = _yaml_loader()(text)  # a yaml.SafeLoader subclass that refuses repeated keys
+        try:
+            sweep = loader.get_single_data()
+        finally:
+            loader.dispose()
     except SweepError as err:
         raise SweepError(f"{p}: {err}") from None
     except yaml.YAMLError as err:
