@@ -1,7 +1,7 @@
 """Bad sweep files and runner options, as a user meets them: `petune sweep FILE ...` exits 2 with one line
 naming the value and what is allowed, and writes nothing (no store, no plan, no log).
 
-Each case is a row of docs/_rows_sweep.md. The checks follow W&B's own sweep schema (the `sweeps` package's
+Each case is a row of docs/reliability.md (sweep files). The checks follow W&B's own sweep schema (the `sweeps` package's
 config/schema.json): keys per distribution, q > 0, sigma >= 0, name pattern, run_cap > 0, hyperband fields.
 """
 
