@@ -369,11 +369,12 @@ class Store:
             )
 
     def release(self, key: str) -> None:
-        """Give a claimed run back without spending an attempt (runner interrupted)."""
+        """Give a claimed run back without spending an attempt (runner interrupted, or the run itself stopped by
+        SIGTERM/SIGINT and marked ``interrupted``: resumable, not failed)."""
         with self._tx() as db:
             db.execute(
                 "UPDATE runs SET status='pending', attempts=MAX(attempts-1, 0), owner=NULL, updated_at=?"
-                " WHERE run_key=? AND status='running'", (time.time(), key),
+                " WHERE run_key=? AND status IN ('running', 'interrupted')", (time.time(), key),
             )
 
     def forget(self, keys: Sequence[str]) -> list[str]:

@@ -287,7 +287,14 @@ class Runner:
         if self._stop.is_set() and not self.is_complete(run):
             self.store.release(run.key)
             return
-        if rc == 0 and self.is_complete(run):
+        if rc != 0 and self.store.status(run.key) == "interrupted":
+            # the run caught SIGTERM/SIGINT (a preempted node): it is resumable, so it costs no attempt
+            self.store.release(run.key)
+            with self._lock:
+                self.outcome.skipped[run.key] = "interrupted"
+            self._say(f"petune sweep: run {run.index} [{run.key}] interrupted (exit code {rc}); it resumes on the "
+                      "next sweep of this file")
+        elif rc == 0 and self.is_complete(run):
             with self._lock:
                 self.outcome.complete.append(run.key)
                 self._done += 1

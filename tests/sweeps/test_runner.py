@@ -28,6 +28,10 @@ with open(log, "a") as fh:
     fh.write(key + "\n")
 if key in os.environ.get("FAKE_FAIL", "").split(","):
     sys.exit(3)
+if key in os.environ.get("FAKE_INTERRUPT", "").split(","):  # as RunRecorder does on SIGTERM: exit 128 + 15
+    Store(os.environ["PETUNE_STORE"]).put({"schema": 1, "run_key": key, "status": "interrupted", "task": "cb",
+                                           "method": "fake", "init_seed": 1, "data_seed": 1})
+    sys.exit(143)
 Store(os.environ["PETUNE_STORE"]).put({
     "schema": 1, "run_key": key, "status": "complete", "task": "cb", "method": "fake", "protocol": "train_split",
     "init_seed": 1, "data_seed": 1, "primary_metric": "f1_macro", "higher_is_better": True,
@@ -45,6 +49,7 @@ def fake_env(tmp_path, monkeypatch):
     launches = tmp_path / "launches.txt"
     monkeypatch.setenv("FAKE_LAUNCHES", str(launches))
     monkeypatch.delenv("FAKE_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_INTERRUPT", raising=False)
     return launches
 
 
@@ -96,6 +101,20 @@ def test_complete_runs_are_skipped_and_failed_ones_retried_up_to_the_limit(tmp_p
     monkeypatch.delenv("FAKE_FAIL")
     out = Runner(runs, store, "retry", workers=1, retries=2, progress=False).run()
     assert out.complete == [runs[1].key] and len(Store(store).records()) == 3
+
+
+def test_an_interrupted_run_spends_no_attempt_and_resumes_on_the_next_sweep(tmp_path, fake_env, monkeypatch):
+    """A run stopped by SIGTERM (a preempted node) is resumable: not failed, no retry used up."""
+    store = tmp_path / "s.sqlite"
+    runs = fake_runs(2)
+    monkeypatch.setenv("FAKE_INTERRUPT", runs[0].key)
+    out = Runner(runs, store, "pre", workers=1, retries=0, progress=False).run()
+    assert out.failed == [] and out.skipped.get(runs[0].key) == "interrupted"
+    row = next(r for r in Store(store).rows() if r["run_key"] == runs[0].key)
+    assert row["status"] == "pending" and row["attempts"] == 0
+    monkeypatch.delenv("FAKE_INTERRUPT")
+    out = Runner(runs, store, "pre", workers=1, retries=0, progress=False).run()  # no retries, still it runs
+    assert out.complete == [runs[0].key] and len(Store(store).records()) == 2
 
 
 def test_a_stale_claim_of_a_dead_runner_is_taken_over(tmp_path, fake_env):
