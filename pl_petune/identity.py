@@ -30,6 +30,7 @@ ALWAYS_IDENTITY = ("model.class_path", "model.init_args.backbone", "model.init_a
                    "trainer.max_epochs", "early_stopping.monitor", "early_stopping.patience")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {}
+_DEFAULT_MODE = "min"  # the parser's default for both modes; a mode set to anything else must agree
 
 
 def to_dict(ns: Any) -> Any:
@@ -106,7 +107,13 @@ def apply_protocol(cfg: Any):
     except KeyError as err:
         raise ConfigError(f"early_stopping.monitor {monitor!r} is never logged for task {spec.name}; "
                           f"logged: {logged}") from err
-    cfg.early_stopping.mode = cfg.checkpoint.mode = "max" if higher else "min"
+    mode = "max" if higher else "min"
+    for key in ("early_stopping.mode", "checkpoint.mode"):
+        if cfg[key] == ("min" if higher else "max") and cfg[key] != _DEFAULT_MODE:
+            raise ConfigError(f"{key} {cfg[key]!r} contradicts early_stopping.monitor {monitor!r}, which is "
+                              f"{'higher' if higher else 'lower'}-is-better; the mode follows the monitor: leave it "
+                              f"out (or set {mode!r})")
+    cfg.early_stopping.mode = cfg.checkpoint.mode = mode
     return spec
 
 

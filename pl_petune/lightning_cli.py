@@ -117,6 +117,11 @@ class PetuneCLI(LightningCLI):
             check_seed("seed_everything", None if isinstance(seed, bool) else seed)  # seeded right after this
         super()._parse_ckpt_path()
 
+    def _set_seed(self) -> None:
+        if self.subcommand == "fit":  # refused before Lightning seeds (and logs) anything
+            refuse_overwritten(self.config.fit)
+        super()._set_seed()
+
     # ---- before the classes exist: seeds, monitor direction, run folder, resume ------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -134,9 +139,6 @@ class PetuneCLI(LightningCLI):
             if self.subcommand == "test":
                 self._heldout = heldout_permission(cfg)
             return
-        if run.allow_leaky_test:
-            raise ConfigError("run.allow_leaky_test is for petune test; petune fit scores the held-out split once, "
-                              "with its best-on-dev checkpoint")
         ident = identity(cfg)
         key = run_key(ident)
         method = method_name(cfg.model.class_path)
@@ -239,6 +241,28 @@ class PetuneCLI(LightningCLI):
             if self.recorder is not None:
                 self.recorder.fail(err)
             raise
+
+
+def refuse_overwritten(cfg: Any) -> None:
+    """Refuse the ``fit`` options that ``petune fit`` sets itself, instead of overwriting them silently.
+
+    Raises:
+        ConfigError: ``trainer.default_root_dir`` or ``checkpoint.dirpath`` (the run folder decides both),
+            ``seed_everything`` (the run's two seeds decide), or ``run.allow_leaky_test`` (for ``petune test``).
+    """
+    folder = "each run writes into its run folder <run.out_dir>/<task>/<method>/<run key>/; set --run.out_dir"
+    for key in ("trainer.default_root_dir", "checkpoint.dirpath"):
+        value = cfg[key]
+        if value is not None:
+            raise ConfigError(f"{key} {str(value)!r} is set by petune fit: {folder}")
+    seed = cfg.get("seed_everything")
+    if seed is not None and seed is not False:  # 0 is a seed too (0 == False)
+        raise ConfigError(f"seed_everything {seed!r} is not used by petune fit: data.data_seed seeds the split, the "
+                          "data order and dropout, model.init_args.init_seed the new parameters; --run.seed S sets "
+                          "both")
+    if cfg.run.allow_leaky_test:
+        raise ConfigError("run.allow_leaky_test is for petune test; petune fit scores the held-out split once, "
+                          "with its best-on-dev checkpoint")
 
 
 def heldout_permission(cfg: Any) -> Optional[str]:

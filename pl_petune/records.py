@@ -9,7 +9,8 @@ A record is the only thing statistics and reports read. It carries no torch obje
 ``status``             ``running`` | ``complete`` | ``failed`` | ``interrupted`` (stopped by a signal; resumable)
 ``task``               registry name, e.g. ``cb``; ``benchmark`` (``glue``/``super_glue``); ``band``
 ``method``             registry name, e.g. ``finetune``, ``lora``
-``protocol``           ``train_split`` | ``petuning`` | ``dev_split`` | ``leaky``; ``leaky`` bool
+``protocol``           ``train_split`` | ``petuning`` | ``dev_split`` | ``leaky`` | ``dev_split_leaky``
+``leaky``              bool: a leaky protocol, or a test pass the user let leak (``dm.allow_leaky_test()``)
 ``init_seed``          seed of new parameters (head, PET layers, masks)
 ``data_seed``          seed of split (when seeded), data order and dropout
 ``seed_mode``          ``separate`` or ``tied`` (PETuning's one seed for both)
@@ -21,6 +22,13 @@ A record is the only thing statistics and reports read. It carries no torch obje
 ``dev_metrics``        dict of dev metrics of the selected checkpoint (``dev/...``)
 ``test_metrics``       dict of held-out metrics of the selected checkpoint (``test/...``)
 ``epochs``, ``steps``  run length; ``train_size``, ``dev_size``, ``test_size``
+``stop_reason``        why fit stopped: ``patience`` | ``stopping_threshold`` | ``divergence_threshold`` |
+                       ``non_finite`` (the EarlyStopping callback) | ``max_epochs`` | ``max_steps`` | ``max_time``
+                       | ``stopped_by_callback`` | ``not_stopped``; ``stop_epoch`` (0-based, last epoch trained);
+                       ``early_stopped`` (bool: EarlyStopping stopped it); ``stop_message``
+``majority_baseline``  classification: the train-majority class's held-out scores (else null)
+``mean_baseline``      regression: ``prediction`` (train mean), its held-out ``mse`` (compare ``test/loss``);
+                       ``pearson``/``spearman`` null: undefined for a constant prediction (else null)
 ``trainable_params``   count; ``total_params`` (denominator, see ``param_denominator``)
 ``trainable_percent``  100 * trainable / total
 ``wall_time_s``        seconds for fit + test

@@ -6,21 +6,24 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from torch.utils.data import DataLoader, Sampler
 
 from pl_petune.backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
+from pl_petune.data.batching import Collator, EpochSeededSampler, LengthGroupedSampler
+from pl_petune.data.checks import OODSet, check_data_files, check_ood
 from pl_petune.data.protocols import LEAKY, Split, check_protocol, limit_train, make_split
-from pl_petune.data.sources import load_split, local_file, resolve_data_dir, source_id
+from pl_petune.data.sources import load_split, resolve_data_dir, source_id
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.tasks import get_task
+
+__all__ = ["TaskDataModule", "HeldOutAccessError", "OODSet", "EpochSeededSampler", "LengthGroupedSampler",
+           "Collator", "check_data_files", "cache_root"]
 
 ENV_CACHE = "PETUNE_CACHE"
 FORMAT_VERSION = 2  # bump when formatting/tokenization changes, to invalidate caches
@@ -32,105 +35,6 @@ class HeldOutAccessError(PetuneError, RuntimeError):
 
 def cache_root() -> Path:
     return Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "pl_petune")) / "tokenized"
-
-
-@dataclass
-class OODSet:
-    """An out-of-distribution evaluation set: another task's split, its labels mapped onto the training task's.
-
-    Read once after fit with the best checkpoint (LP-FT's motivation, Kumar et al. 2022: finetuning distorts
-    pretrained features and loses out-of-distribution accuracy), scored with the training task's metrics.
-
-    Args:
-        task: registry name of the evaluation task, e.g. ``cb``.
-        label_map: every label name of ``task`` → a label name of the training task, e.g. for RTE on CB
-            ``{entailment: entailment, contradiction: not_entailment, neutral: not_entailment}``. May be left
-            out when both tasks have the same labels in the same order (the identity map).
-        split: which official split of ``task`` to read: ``dev`` (default) or ``train``.
-    """
-
-    task: str
-    label_map: dict[str, str] = field(default_factory=dict)
-    split: str = "dev"
-
-
-class EpochSeededSampler(Sampler[int]):
-    """A shuffling sampler whose order is a pure function of (seed, epoch).
-
-    Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the same order as an
-    uninterrupted one (a ``torch.Generator`` would restart from its seed on resume).
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(rng.permutation(self.n).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class LengthGroupedSampler(EpochSeededSampler):
-    """:class:`EpochSeededSampler`'s order with similar lengths batched together (less padding per batch).
-
-    The epoch's seeded permutation is cut into windows of ``window`` batches; inside a window the indices are
-    sorted by length (longest first), cut into batches, and the full batches of the whole epoch are shuffled
-    with the same generator (a partial batch stays last, so the loader's batch boundaries are kept). The
-    order is still a pure function of (seed, epoch), so resume sees the same batches.
-
-    Args:
-        lengths: the length of every example (for multiple choice, its longest choice).
-        batch_size: the loader's batch size.
-        seed: the data seed.
-        window: batches per sorting window; larger groups lengths more tightly, smaller keeps more randomness.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50) -> None:
-        super().__init__(len(lengths), seed)
-        if batch_size < 1 or window < 1:
-            raise ConfigError(f"batch_size and window must be >= 1, got {batch_size} and {window}")
-        self.lengths = np.asarray(lengths)
-        self.batch_size, self.window = batch_size, window
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.n)
-        span = self.batch_size * self.window
-        chunks = [order[i:i + span] for i in range(0, self.n, span)]
-        # stable sort on the negated length: ties keep the seeded order
-        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks]) if chunks else order
-        full = self.n // self.batch_size
-        batches = order[: full * self.batch_size].reshape(full, self.batch_size)[rng.permutation(full)]
-        return iter(np.concatenate([batches.reshape(-1), order[full * self.batch_size:]]).tolist())
-
-
-class Collator:
-    """Pads a batch to its longest sequence (or to ``max_length`` for PETuning's parity)."""
-
-    def __init__(self, pad_id: int, pad_to: int | None = None) -> None:
-        self.pad_id, self.pad_to = pad_id, pad_to
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        mc = isinstance(rows[0]["input_ids"][0], list)
-        seqs = [s for r in rows for s in (r["input_ids"] if mc else [r["input_ids"]])]
-        width = self.pad_to or max(len(s) for s in seqs)
-        out: dict[str, torch.Tensor] = {}
-        for key, pad in (("input_ids", self.pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            if key not in rows[0]:
-                continue
-            vals = [s for r in rows for s in (r[key] if mc else [r[key]])]
-            t = torch.full((len(vals), width), pad, dtype=torch.long)
-            for i, v in enumerate(vals):
-                t[i, : len(v)] = torch.tensor(v[:width], dtype=torch.long)
-            out[key] = t.view(len(rows), -1, width) if mc else t
-        labels = [r["label"] for r in rows]
-        out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
-        return out
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -193,7 +97,7 @@ class TaskDataModule(L.LightningDataModule):
             raise ConfigError(f"data.train_limit {train_limit!r} must be a positive number of examples")
         self.dev_fraction = dev_fraction
         self.train_limit = train_limit
-        self.ood = {name: _check_ood(name, o, self.spec) for name, o in (ood or {}).items()}
+        self.ood = {name: check_ood(name, o, self.spec) for name, o in (ood or {}).items()}
         self.pad_to_max_length = pad_to_max_length
         self.num_workers = num_workers
         self.group_by_length = group_by_length
@@ -469,58 +373,3 @@ class TaskDataModule(L.LightningDataModule):
                                          "after the held-out pass (trainer.test)")
             self.datasets["test"] = self._part("test")
         return np.asarray(self.datasets["test"]["label"])
-
-
-def check_data_files(task: str, data_dir: Optional[str], ood: Optional[dict[str, Any]] = None) -> None:
-    """Refuse a missing data folder or file of ``task`` (and of its OOD sets) in one line, without reading them.
-
-    ``petune`` calls it before building the model and trainer; a data module meets the same files at setup.
-
-    Args:
-        task: registry name of the task.
-        data_dir: as :class:`TaskDataModule` takes it (None: ``$PETUNE_DATA_DIR``, else the hub: nothing to check).
-        ood: ``data.ood``: name → an :class:`OODSet` or a mapping with ``task`` and ``split``.
-
-    Raises:
-        DataError: the first missing file, naming it and what its folder holds.
-    """
-    root = resolve_data_dir(data_dir)
-    if root is None:
-        return
-    wanted = [(get_task(task), "train"), (get_task(task), "dev")]
-    for o in (ood or {}).values():
-        o_task, o_split = (o["task"], o.get("split", "dev")) if isinstance(o, dict) else (o.task, o.split)
-        wanted.append((get_task(o_task), o_split))
-    for spec, split in wanted:
-        if split in ("train", "dev") and not local_file(spec, split, root).is_file():
-            load_split(spec, split, data_dir)  # raises: file not found, with the folder's contents
-
-
-def _check_ood(name: str, o: OODSet, train) -> OODSet:
-    """Refuse an OOD set whose task, split or label map does not fit the training task (one line each)."""
-    if isinstance(o, dict):  # Python callers may pass plain mappings
-        unknown = sorted(set(o) - {"task", "label_map", "split"})
-        if unknown:
-            raise ConfigError(f"data.ood.{name}: unknown key {unknown[0]!r}; allowed: task, label_map, split")
-        o = OODSet(**o)
-    spec = get_task(o.task)
-    if o.split not in ("train", "dev"):
-        raise ConfigError(f"data.ood.{name}.split {o.split!r} is unknown; allowed: train, dev")
-    if spec.kind != "classification" or train.kind != "classification":
-        raise ConfigError(f"data.ood.{name}: OOD evaluation needs classification tasks; {o.task} is "
-                          f"{spec.kind} and {train.name} is {train.kind}")
-    if not o.label_map and tuple(spec.labels) == tuple(train.labels):  # same labels (e.g. MNLI matched/mismatched)
-        o = replace(o, label_map={label: label for label in spec.labels})
-    extra = sorted(set(o.label_map) - set(spec.labels))
-    if extra:
-        raise ConfigError(f"data.ood.{name}.label_map: {extra[0]!r} is not a label of {o.task}; allowed: "
-                          f"{', '.join(spec.labels)}")
-    missing = [label for label in spec.labels if label not in o.label_map]
-    if missing:
-        raise ConfigError(f"data.ood.{name}.label_map: label {missing[0]!r} of {o.task} is not mapped; map each "
-                          f"of {', '.join(spec.labels)} to one of {train.name}'s: {', '.join(train.labels)}")
-    bad = sorted(v for v in o.label_map.values() if v not in train.labels)
-    if bad:
-        raise ConfigError(f"data.ood.{name}.label_map: target {bad[0]!r} is not a label of {train.name}; "
-                          f"allowed: {', '.join(train.labels)}")
-    return o

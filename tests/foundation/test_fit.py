@@ -108,6 +108,16 @@ def test_tied_seed_sets_both(tmp_path, tiny_bert, data_dir):
     (["--early_stopping.monitor", "test/loss"], "not a development-split metric"),
     (["--data.data_dir", "/nonexistent"], "data dir '/nonexistent' does not exist"),
     (["--config", "/nonexistent.yaml"], "does not exist"),
+    # options petune fit sets itself are refused, not silently overwritten
+    (["--trainer.default_root_dir", "/tmp/elsewhere"], "trainer.default_root_dir '/tmp/elsewhere' is set by petune "
+                                                       "fit: each run writes into its run folder"),
+    (["--checkpoint.dirpath", "/tmp/ck"], "checkpoint.dirpath '/tmp/ck' is set by petune fit"),
+    (["--seed_everything", "5"], "seed_everything 5 is not used by petune fit: data.data_seed seeds"),
+    (["--seed_everything", "true"], "seed_everything True is not used by petune fit"),
+    (["--seed_everything", "0"], "seed_everything 0 is not used by petune fit"),
+    (["--early_stopping.mode", "max"], "early_stopping.mode 'max' contradicts early_stopping.monitor 'dev/loss', "
+                                       "which is lower-is-better"),
+    (["--checkpoint.mode", "max"], "checkpoint.mode 'max' contradicts"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, tiny_bert, data_dir, args, match):
     import re
