@@ -178,7 +178,10 @@ def _check_landed(fit: Any, config: Mapping[str, Any], label: str) -> None:
         want = value
         if isinstance(got, tuple):
             got = list(got)
-        if isinstance(got, (int, float)) and not isinstance(got, bool) and not isinstance(want, bool):
+        if (key.startswith("trainer.") and type(want) is int and type(got) is float):
+            # Lightning's int-or-float options: 1 is one batch, 1.0 all of them (an integer must stay one)
+            same = False
+        elif isinstance(got, (int, float)) and not isinstance(got, bool) and not isinstance(want, bool):
             try:  # PyYAML reads 1e-5 (no dot) as a string; the CLI turns it into a number
                 same = float(got) == float(want)
             except (TypeError, ValueError):
