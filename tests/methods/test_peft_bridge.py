@@ -197,17 +197,17 @@ def test_adalora_refuses_a_total_step_the_run_cannot_reach(tiny_bert):
 
 
 def test_adalora_resumed_mid_run_ends_where_the_uninterrupted_run_ends(tiny_bert, tmp_path):
-    """The rank allocator's importance estimates travel in the checkpoint: stop after 4 of 8 steps, resume from
+    """The rank allocator's importance estimates travel in the checkpoint: stop after 3 of 8 steps, resume from
     last.ckpt, and the adapter weights and rank pattern equal an uninterrupted run's."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    args = dict(task="cb", backbone=tiny_bert, lr=1e-2, peft={"init_r": 4, "target_r": 2, "total_step": 8,
-                                                             "tinit": 1, "tfinal": 2, "deltaT": 1})
-    loader = torch.utils.data.DataLoader([_batch(i) for i in range(4)], batch_size=None)
+    args = dict(task="cb", backbone=tiny_bert, lr=1e-2, peft={"init_r": 8, "target_r": 1, "total_step": 8,
+                                                             "tinit": 0, "tfinal": 1, "deltaT": 1})
+    loader = torch.utils.data.DataLoader([_batch(i) for i in range(3)], batch_size=None)  # stop at an epoch end
 
     class StopAt(L.Callback):  # the kill: the run is configured for 8 steps and stops after 4
         def on_train_batch_end(self, trainer, *args) -> None:
-            trainer.should_stop = trainer.global_step >= 4
+            trainer.should_stop = trainer.global_step >= 3
 
     def trainer(root: Path, *extra: L.Callback) -> L.Trainer:
         return L.Trainer(max_steps=8, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -220,7 +220,7 @@ def test_adalora_resumed_mid_run_ends_where_the_uninterrupted_run_ends(tiny_bert
     L.seed_everything(0)
     first = METHODS["adalora"](**args)
     trainer(tmp_path / "b", StopAt()).fit(first, loader)
-    assert first.trainer.global_step == 4
+    assert first.trainer.global_step == 3
     resumed = METHODS["adalora"](**args)
     trainer(tmp_path / "b").fit(resumed, loader, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
     a, b = whole.state_dict(), resumed.state_dict()
