@@ -226,3 +226,23 @@ def test_adalora_resumed_mid_run_ends_where_the_uninterrupted_run_ends(tiny_bert
     a, b = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole.backbone.peft_config["default"].rank_pattern == resumed.backbone.peft_config["default"].rank_pattern
+
+
+def test_the_class_path_form_through_petune_fit_saves_plain_hyperparameters(tmp_path, tiny_bert, data_dir):
+    """``peft: {class_path: peft.<X>Config, init_args}`` from a recipe: the checkpoint holds plain data (loads
+    with weights_only=True, so the record finds its best epoch), and the record names the tuner's config."""
+    store = tmp_path / "store.sqlite"
+    peft = '{class_path: peft.TrainableTokensConfig, init_args: {token_indices: [101, 102], ' \
+           'target_modules: [word_embeddings]}}'
+    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "peft.yaml"), "--model.init_args.backbone", tiny_bert,
+            "--model.init_args.peft", peft, "--data.data_dir", data_dir, "--data.train_limit", "32",
+            "--data.max_length", "48", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+            "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store), "--run.keep_checkpoints", "true"]
+    assert main(argv) == 0
+    (rec,) = Store(store).records()
+    assert rec["method"] == "peft" and rec["best_epoch"] == 0
+    assert rec["extra"]["peft_config"] == {"peft_type": "TRAINABLE_TOKENS", "token_indices": [101, 102],
+                                           "target_modules": ["word_embeddings"]}
+    state = torch.load(rec["extra"]["best_checkpoint"], map_location="cpu", weights_only=True)
+    loaded = METHODS["peft"](**state["hyper_parameters"])
+    assert loaded.record_extra()["peft_config"] == rec["extra"]["peft_config"]
