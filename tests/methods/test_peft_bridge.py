@@ -234,8 +234,8 @@ def test_the_class_path_form_through_petune_fit_saves_plain_hyperparameters(tmp_
     store = tmp_path / "store.sqlite"
     peft = '{class_path: peft.TrainableTokensConfig, init_args: {token_indices: [101, 102], ' \
            'target_modules: [word_embeddings]}}'
-    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "peft.yaml"), "--model.init_args.backbone", tiny_bert,
-            "--model.init_args.peft", peft, "--data.data_dir", data_dir, "--data.train_limit", "32",
+    argv = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--model.class_path", "pl_petune.methods.Peft",
+            "--model.init_args.backbone", tiny_bert, "--model.init_args.peft", peft, "--data.data_dir", data_dir, "--data.train_limit", "32",
             "--data.max_length", "48", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
             "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store), "--run.keep_checkpoints", "true"]
     assert main(argv) == 0
@@ -243,6 +243,6 @@ def test_the_class_path_form_through_petune_fit_saves_plain_hyperparameters(tmp_
     assert rec["method"] == "peft" and rec["best_epoch"] == 0
     assert rec["extra"]["peft_config"] == {"peft_type": "TRAINABLE_TOKENS", "token_indices": [101, 102],
                                            "target_modules": ["word_embeddings"]}
-    state = torch.load(rec["extra"]["best_checkpoint"], map_location="cpu", weights_only=True)
-    loaded = METHODS["peft"](**state["hyper_parameters"])
+    loaded = METHODS["peft"].load_from_checkpoint(rec["extra"]["best_checkpoint"], map_location="cpu",
+                                                  weights_only=True)
     assert loaded.record_extra()["peft_config"] == rec["extra"]["peft_config"]
