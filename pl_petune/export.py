@@ -113,6 +113,17 @@ def head_description(model) -> dict[str, Any]:
             layers.append({"type": type(layer).__name__.lower()})  # tanh, relu
     causal = is_causal_lm(model.backbone.config)
     spec = model.spec
+    notes = []
+    prompt = bool(getattr(model, "_prompt_learning", False))
+    if prompt:
+        notes.append("prompt learning: the last_hidden_state starts with the virtual tokens; skip them before pooling "
+                     "(prefix tuning adds none)")
+        if getattr(model.backbone.config, "type_vocab_size", 0) > 1:
+            notes.append("pl_petune feeds token_type_ids (virtual tokens in segment 0); PEFT's own prompt-learning "
+                         "forward drops them, so for sentence pairs feed inputs_embeds and token_type_ids yourself")
+    if causal:
+        notes.append("pass position_ids = cumsum(attention_mask) - 1 (clamped at 0) for the same features under "
+                     "left padding")
     return {
         "format": HEAD_FORMAT,
         "layers": layers,
@@ -125,6 +136,7 @@ def head_description(model) -> dict[str, Any]:
                    "one score per choice, softmax over choices" if spec.kind == "multiple_choice" else
                    "one logit per label, softmax"),
         "method": model.method_name,
+        "notes": notes,
     }
 
 

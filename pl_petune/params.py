@@ -102,14 +102,17 @@ def count(method: str, backbone: str, task: str = "cb", real_fallback: bool = Tr
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ("method", "trainable", "total", "%", "backbone %", "added", "head")
     lines = [head]
-    for r in rows:
+    counted = [r for r in rows if "not_counted" not in r]
+    for r in counted:
         lines.append((r["method"], f"{r['trainable_params']:,}", f"{r['total_params']:,}",
                       f"{r['trainable_percent']:.4f}", f"{r['trainable_backbone_percent']:.4f}",
                       f"{r['added_params']:,}", f"{r['head_params']:,}"))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      for row in lines)
-    return (f"{text}\n\nbackbone {rows[0]['backbone']}; denominator: {rows[0]['param_denominator']}\n"
+    text += "".join(f"\n{r['method']}  (its init computes with the weights: petune params --method {r['method']})"
+                    for r in rows if "not_counted" in r)
+    return (f"{text}\n\nbackbone {counted[0]['backbone']}; denominator: {counted[0]['param_denominator']}\n"
             "%: all trainable parameters (head and added layers included) / denominator; backbone %: "
             "trainable pretrained backbone parameters / denominator")
 
@@ -146,6 +149,9 @@ def main(argv: list[str]) -> int:
         except UsageError as err:
             if not args.all:
                 raise
+            if "cannot be built on the meta device" in str(err):  # listed, counted by --method NAME
+                rows.append({"method": name, "backbone": backbone, "not_counted": str(err)})
+                continue
             print(f"petune params: skipping {name}: {err}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows if args.all else rows[0], indent=2))

@@ -85,9 +85,9 @@ def _ours(rec: dict, b: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @pytest.mark.parametrize("recipe, extra", [
     ("peft/dora.yaml", ("--model.init_args.peft.r", "2")),
-    ("peft/vera.yaml", ()),
+    pytest.param("peft/vera.yaml", (), marks=pytest.mark.slow),
     ("methods/lora.yaml", ("--model.init_args.r", "2")),
-    ("methods/bitfit.yaml", ()),
+    pytest.param("methods/bitfit.yaml", (), marks=pytest.mark.slow),
 ])
 def test_export_loads_with_peft_and_gives_the_same_logits(recipe, extra, tmp_path, tiny_bert, data_dir, capsys):
     rec = _fit(tmp_path, tiny_bert, data_dir, recipe, "--model.init_args.lr", "1e-2", *extra)

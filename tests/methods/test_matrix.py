@@ -217,7 +217,12 @@ def test_exactly_the_intended_parameters_change(case: str, backbone: str):
     assert changed == intended, (sorted(intended - changed)[:4], sorted(changed - intended)[:4])
 
 
-@pytest.mark.parametrize("case", list(CASES))
+def _slow_beyond_core(cases):
+    """The PEFT catalogue beyond the named tuners checks its round trip and drop in the slow suite (time)."""
+    return [pytest.param(c, marks=pytest.mark.slow) if c in ONE_FAMILY else c for c in cases]
+
+
+@pytest.mark.parametrize("case", _slow_beyond_core(CASES))
 def test_checkpoint_round_trip_gives_identical_logits(case: str, backbone: str, tmp_path):
     model = _build(case, backbone)
     _steps(model, 1)
@@ -259,8 +264,9 @@ def test_identity_check_can_fail(tiny_bert):
 REWRITES_PRETRAINED = ("pissa", "olora")
 
 
-@pytest.mark.parametrize("case", [c for c, (m, _, _) in CASES.items() if issubclass(METHODS[m], PetLayerMethod)
-                                  and c not in REWRITES_PRETRAINED])
+@pytest.mark.parametrize("case", _slow_beyond_core(c for c, (m, _, _) in CASES.items()
+                                                   if issubclass(METHODS[m], PetLayerMethod)
+                                                   and c not in REWRITES_PRETRAINED))
 def test_drop_pet_layers_leaves_pretrained_backbone_and_trained_head(case: str, tiny_roberta):
     model = _build(case, tiny_roberta)
     pristine = METHODS["finetune"](task="cb", backbone=tiny_roberta).backbone.state_dict()

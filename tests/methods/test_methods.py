@@ -122,5 +122,5 @@ def test_bad_method_arguments_are_refused(method, kwargs, needle, tiny_bert):
 
 
 def test_unknown_method_names_the_known_ones():
-    with pytest.raises(ConfigError, match="known: adapter, bitfit"):
+    with pytest.raises(ConfigError, match="known: .*adapter, .*bitfit"):
         get_method("adaptor")

@@ -197,17 +197,17 @@ def test_adalora_refuses_a_total_step_the_run_cannot_reach(tiny_bert):
 
 
 def test_adalora_resumed_mid_run_ends_where_the_uninterrupted_run_ends(tiny_bert, tmp_path):
-    """The rank allocator's importance estimates travel in the checkpoint: stop after 4 of 8 steps, resume from
+    """The rank allocator's importance estimates travel in the checkpoint: stop after 3 of 8 steps, resume from
     last.ckpt, and the adapter weights and rank pattern equal an uninterrupted run's."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    args = dict(task="cb", backbone=tiny_bert, lr=1e-2, peft={"init_r": 4, "target_r": 2, "total_step": 8,
-                                                             "tinit": 1, "tfinal": 2, "deltaT": 1})
-    loader = torch.utils.data.DataLoader([_batch(i) for i in range(4)], batch_size=None)
+    args = dict(task="cb", backbone=tiny_bert, lr=1e-2, peft={"init_r": 8, "target_r": 1, "total_step": 8,
+                                                             "tinit": 0, "tfinal": 1, "deltaT": 1})
+    loader = torch.utils.data.DataLoader([_batch(i) for i in range(3)], batch_size=None)  # stop at an epoch end
 
     class StopAt(L.Callback):  # the kill: the run is configured for 8 steps and stops after 4
         def on_train_batch_end(self, trainer, *args) -> None:
-            trainer.should_stop = trainer.global_step >= 4
+            trainer.should_stop = trainer.global_step >= 3
 
     def trainer(root: Path, *extra: L.Callback) -> L.Trainer:
         return L.Trainer(max_steps=8, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -220,9 +220,29 @@ def test_adalora_resumed_mid_run_ends_where_the_uninterrupted_run_ends(tiny_bert
     L.seed_everything(0)
     first = METHODS["adalora"](**args)
     trainer(tmp_path / "b", StopAt()).fit(first, loader)
-    assert first.trainer.global_step == 4
+    assert first.trainer.global_step == 3
     resumed = METHODS["adalora"](**args)
     trainer(tmp_path / "b").fit(resumed, loader, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
     a, b = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole.backbone.peft_config["default"].rank_pattern == resumed.backbone.peft_config["default"].rank_pattern
+
+
+def test_the_class_path_form_through_petune_fit_saves_plain_hyperparameters(tmp_path, tiny_bert, data_dir):
+    """``peft: {class_path: peft.<X>Config, init_args}`` from a recipe: the checkpoint holds plain data (loads
+    with weights_only=True, so the record finds its best epoch), and the record names the tuner's config."""
+    store = tmp_path / "store.sqlite"
+    peft = '{class_path: peft.TrainableTokensConfig, init_args: {token_indices: [101, 102], ' \
+           'target_modules: [word_embeddings]}}'
+    argv = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--model.class_path", "pl_petune.methods.Peft",
+            "--model.init_args.backbone", tiny_bert, "--model.init_args.peft", peft, "--data.data_dir", data_dir, "--data.train_limit", "32",
+            "--data.max_length", "48", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+            "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store), "--run.keep_checkpoints", "true"]
+    assert main(argv) == 0
+    (rec,) = Store(store).records()
+    assert rec["method"] == "peft" and rec["best_epoch"] == 0
+    assert rec["extra"]["peft_config"] == {"peft_type": "TRAINABLE_TOKENS", "token_indices": [101, 102],
+                                           "target_modules": ["word_embeddings"]}
+    loaded = METHODS["peft"].load_from_checkpoint(rec["extra"]["best_checkpoint"], map_location="cpu",
+                                                  weights_only=True)
+    assert loaded.record_extra()["peft_config"] == rec["extra"]["peft_config"]
