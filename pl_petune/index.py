@@ -126,12 +126,7 @@ def rebuild(store_path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -
             continue
         todo.append(rec)
         counts["added" if status is None else "updated"] += 1
-    put_many = getattr(store, "put_many", None)
-    if callable(put_many):
-        put_many(todo)
-    else:
-        for rec in todo:
-            store.put(rec)
+    store.put_many(todo, replace=True)  # the folders are the truth: their complete records replace rows
     return counts
 
 

@@ -106,7 +106,7 @@ def sweep_body(name: str, description: str, recipes: Iterable[Path], seeds: dict
         params[key] = {"values": list(values)} if len(values) > 1 else {"value": values[0]}
     params.update(extra or {})
     assert min(params) == "config", "config must sort first so the recipe comes before the overrides"
-    return {"name": name, "description": description, "program": "pl_petune/__main__.py", "method": "grid",
+    return {"name": name, "description": description, "program": "pl_petune", "method": "grid",
             "metric": {"name": "dev/loss", "goal": "minimize"},
             "command": ["${env}", "${interpreter}", "-m", "pl_petune", "fit", "${args}"],
             "parameters": params}

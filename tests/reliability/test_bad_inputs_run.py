@@ -78,7 +78,7 @@ FIT = [
     ("data seed beyond numpy's range", lambda r: ["--data.data_seed", str(2**32)],
      r"data.data_seed 4294967296 is outside the seed range; use a whole number from 0 to 4294967295"),
     ("init seed beyond numpy's range", lambda r: ["--model.init_args.init_seed", "99999999999"],
-     r"model.init_args.init_seed 99999999999 is outside the seed range"),
+     r"init_seed must be an integer in \[0, 4294967295\], got 99999999999"),
     ("min_epochs out of range", lambda r: ["--trainer.min_epochs", "-1"],
      r"trainer.min_epochs -1 must be a whole number from 0 to trainer.max_epochs 10"),
     ("several devices for one run", lambda r: ["--trainer.accelerator", "cpu", "--trainer.devices", "3"],

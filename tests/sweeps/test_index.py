@@ -83,7 +83,7 @@ def test_runs_from_a_store_shows_the_protocol_column(tmp_path, records, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["--runs", "NOPE"], "is not a folder"),
     (["--runs", ".", "--store", "x.sqlite"], "--runs reads run folders; it does not combine with --store"),
-    (["--status", "done"], "--status 'done' unknown; allowed: pending, running, complete, failed, stale"),
+    (["--status", "done"], "--status 'done' unknown; allowed: pending, running, complete, failed, interrupted, stale, queued"),
     (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
 ])
 def test_runs_bad_input_is_one_line(args, needle, tmp_path, capsys, monkeypatch):
