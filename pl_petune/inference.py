@@ -11,22 +11,16 @@ import torch
 def predict(model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and labels of ``model`` (a :class:`~pl_petune.methods.PetuneModule`) over ``batches``.
 
-    Runs in eval mode without gradients on the model's device, and restores the model's mode afterwards.
+    The loop is the one shared with head-feature capture and the L-BFGS probe
+    (:func:`pl_petune.callbacks._inference.infer`: eval mode, no gradients, the model's device, its mode
+    restored afterwards).
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    preds, labels = [], []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-                preds.append(model.predictions(logits).cpu().numpy())
-                labels.append(batch["labels"].cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(preds), np.concatenate(labels)
+    from pl_petune.callbacks._inference import infer
+
+    out = infer(model, batches, forward=lambda m, b: m(b["input_ids"], b["attention_mask"], b.get("token_type_ids")))
+    if out.outputs is None or out.labels is None:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return model.predictions(out.outputs).cpu().numpy(), out.labels.numpy()
 
 
 def evaluate_ood(model: Any, dm: Any) -> tuple[dict[str, float], dict[str, int]]:
