@@ -1,9 +1,14 @@
 """``petune params``: trainable and total parameters of a method on a backbone, with the denominator stated.
 
+Method arguments are given as ``petune fit`` takes them: ``--config RECIPE`` (its model, backbone and task)
+and dotted overrides ``--model.init_args.KEY VALUE`` (VALUE in YAML). ``--set KEY=VALUE`` is the older
+spelling of the same override.
+
 Examples:
-    petune params --method lora --set r=16 --set targets=[q,k,v,o]
+    petune params --method lora --model.init_args.r 16 --model.init_args.targets [q,k,v,o]
+    petune params --config recipes/methods/lora.yaml --model.init_args.r 4
     petune params --all --bert-base          # every method on BertConfig() (bert-base shape, no download)
-    petune params --method layernorm --set layers=[0] --bert-base --json
+    petune params --method layernorm --model.init_args.layers [0] --bert-base --json
 
 The model is built on PyTorch's ``meta`` device (shapes only, no memory, no weights read), so even a large
 backbone is counted in a second. Counts:
@@ -38,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                         "config:roberta-base are random-weight architectures")
     p.add_argument("--bert-base", action="store_true", help="shorthand for --backbone config:bert-base")
     p.add_argument("--task", default="cb", help="task (sets the head's output size); default cb")
+    p.add_argument("--config", default=None, metavar="RECIPE",
+                   help="a fit recipe (file or packaged name): its method, backbone, task and method arguments")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method argument, VALUE in YAML (repeatable), e.g. --set r=16 --set layers=[0]")
+                   help="older spelling of --model.init_args.KEY VALUE (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -56,6 +63,43 @@ def _arguments(cls: type) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _dotted(extra: list[str]) -> list[str]:
+    """``--model.init_args.KEY VALUE`` / ``--model.init_args.KEY=VALUE`` tokens as ``KEY=VALUE`` pairs."""
+    prefix = "--model.init_args."
+    pairs, i = [], 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith(prefix):
+            raise UsageError(f"unknown argument {token!r}; method arguments are --model.init_args.KEY VALUE")
+        key, sep, value = token[len(prefix):].partition("=")
+        if not sep:
+            if i + 1 >= len(extra):
+                raise UsageError(f"{token} needs a value")
+            value, i = extra[i + 1], i + 1
+        pairs.append(f"{key}={value}")
+        i += 1
+    return pairs
+
+
+def _recipe(path: str) -> tuple[str | None, dict[str, Any], str | None, str | None]:
+    """(method name, method arguments, backbone, task) of a fit recipe."""
+    import yaml
+
+    from pl_petune.identity import method_name
+    from pl_petune.packaged import resolve_config
+
+    try:
+        cfg = yaml.safe_load(open(resolve_config(path), encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UsageError(f"--config {path!r} cannot be read as a recipe: {str(err).splitlines()[0]}") from None
+    model = cfg.get("model") or {}
+    init = dict(model.get("init_args") or {})
+    method = method_name(model["class_path"]) if model.get("class_path") else None
+    backbone, task = init.pop("backbone", None), (cfg.get("data") or {}).get("task")
+    init.pop("task", None)
+    return method, init, backbone, task
+
+
 def _overrides(cls: type, pairs: list[str]) -> dict[str, Any]:
     import yaml
 
@@ -66,7 +110,8 @@ def _overrides(cls: type, pairs: list[str]) -> dict[str, Any]:
         if not sep:
             raise UsageError(f"--set {pair!r} is not KEY=VALUE")
         if key not in allowed:
-            raise UsageError(f"--set {key!r}: {cls.method_name} has no such argument; allowed: {', '.join(allowed)}")
+            raise UsageError(f"model.init_args.{key} ({key!r}): {cls.method_name} has no such argument; "
+                             f"allowed: {', '.join(allowed)}")
         out[key] = yaml.safe_load(raw)
     return out
 
@@ -122,14 +167,21 @@ def main(argv: list[str]) -> int:
     from pl_petune.backbones import DEFAULT_BACKBONE
     from pl_petune.methods import METHODS
 
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    args.set = args.set + _dotted(extra)
+    recipe_kwargs: dict[str, Any] = {}
+    if args.config:
+        r_method, recipe_kwargs, r_backbone, r_task = _recipe(args.config)
+        args.method = args.method or r_method
+        args.backbone = args.backbone or (None if args.bert_base else r_backbone)
+        args.task = r_task if r_task and args.task == "cb" else args.task
     if args.bert_base and args.backbone:
         raise UsageError("give --bert-base or --backbone, not both")
     backbone = BERT_BASE if args.bert_base else (args.backbone or DEFAULT_BACKBONE)
     if args.all and args.method:
         raise UsageError("give --method or --all, not both")
-    if args.all and args.set:
-        raise UsageError("--set applies to one --method, not to --all")
+    if args.all and (args.set or args.config):
+        raise UsageError("method arguments (--model.init_args.*, --set, --config) apply to one --method, not to --all")
     if args.all:
         names = list(METHODS)
     else:
@@ -139,7 +191,7 @@ def main(argv: list[str]) -> int:
         names = [name]
     rows = []
     for name in names:
-        kwargs = _overrides(METHODS[name], args.set)
+        kwargs = {**recipe_kwargs, **_overrides(METHODS[name], args.set)}
         if args.all and name == "topk":  # the default k may exceed a small backbone's depth
             kwargs = {}
         if args.all:  # a PEFT tuner's arguments that its config requires (e.g. AdaLoRA's total_step)

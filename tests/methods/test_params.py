@@ -78,3 +78,27 @@ def test_params_command_refuses_bad_input_in_one_line(argv, needle, capsys):
 def test_count_raises_usage_error():
     with pytest.raises(UsageError, match="known: .*adapter"):
         count("nope", "config:bert-base")
+
+
+def test_dotted_overrides_like_fit_and_a_recipe(capsys):
+    """`petune params` takes fit's spelling: --config RECIPE and --model.init_args.KEY VALUE."""
+    import json
+
+    from pl_petune.cli import main
+
+    def report(*argv):
+        assert main(["params", "--bert-base", "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    dotted = report("--method", "lora", "--model.init_args.r", "4", "--model.init_args.targets=[q,k,v]")
+    old = report("--method", "lora", "--set", "r=4", "--set", "targets=[q,k,v]")
+    default = report("--method", "lora")
+    assert dotted["trainable_params"] == old["trainable_params"] != default["trainable_params"]
+    recipe = report("--config", "methods/lora")
+    from_recipe = report("--config", "methods/lora", "--model.init_args.r", "2")
+    assert from_recipe["method"] == "lora" and from_recipe["trainable_params"] < recipe["trainable_params"]
+    assert main(["params", "--method", "lora", "--model.init_args.rank", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.init_args.rank" in err and "allowed: r, alpha" in err
+    assert main(["params", "--method", "lora", "--trainer.max_epochs", "3"]) == 2
+    assert "'--trainer.max_epochs'" in capsys.readouterr().err
