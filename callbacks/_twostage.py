@@ -51,10 +51,12 @@ def resolve_plan(stage1_epochs: Union[int, float], max_epochs: Optional[int]) ->
     if max_epochs is None or max_epochs < 1:
         raise CallbackMisuse(f"HeadWarmStart counts stages in epochs but Trainer(max_epochs={max_epochs}); "
                              "set trainer max_epochs")
-    s1 = max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float) else int(stage1_epochs)
+    s1 = (max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float)
+          else int(stage1_epochs))
     if s1 >= max_epochs:
         raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} gives {s1} stage-1 epochs of "
-                             f"max_epochs={max_epochs}, leaving none for stage 2; lower stage1_epochs or raise max_epochs")
+                             f"max_epochs={max_epochs}, leaving none for stage 2; lower stage1_epochs or raise "
+                             "max_epochs")
     return s1, max_epochs
 
 
@@ -74,7 +76,8 @@ def follow(pl_module: nn.Module, old: nn.Module, alive: set[int], attr: str, rol
     holders = [m for m in modules if alive and alive <= {id(p) for p in m.parameters()}]
     if not holders:
         raise CallbackMisuse(f"HeadWarmStart: after {drop_fn}() the {role} is gone: neither its module, nor a module "
-                             f"at {attr!r}, nor one holding its tensors is in the LightningModule; {drop_fn}() must keep "
+                             f"at {attr!r}, nor one holding its tensors is in the LightningModule; {drop_fn}() must "
+                             "keep "
                              f"the {role}'s tensors (PEFT: self.model = self.model.unload())")
     return min(holders, key=lambda m: sum(1 for _ in m.parameters()))
 
@@ -136,7 +139,8 @@ def stage_optimizer(trainer: Trainer, stage: int, lr: Optional[float], to_adamw:
     trainer.strategy.setup_optimizers(trainer)
     optimizers = trainer.strategy.optimizers
     if len(optimizers) != 1:
-        raise CallbackMisuse(f"HeadWarmStart needs exactly one optimizer; configure_optimizers returned {len(optimizers)}")
+        raise CallbackMisuse("HeadWarmStart needs exactly one optimizer; configure_optimizers returned "
+                             f"{len(optimizers)}")
     opt = optimizers[0]
     if to_adamw and not isinstance(opt, torch.optim.AdamW):
         groups = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in opt.param_groups]

@@ -143,7 +143,8 @@ class Freezing(Callback):
         return self._generate_state_key(
             freeze=[s.describe() for s in self.freeze] if self.freeze else f"backbone:{self.backbone_attr}",
             keep=[s.describe() for s in self.keep], top_k=self.top_k,
-            unfreeze=[{k: (v if k in _STEP_KEYS else str(v)) for k, v in sorted(step.items())} for step in self.unfreeze],
+            unfreeze=[{k: (v if k in _STEP_KEYS else str(v)) for k, v in sorted(step.items())}
+                      for step in self.unfreeze],
             gradual=(self.gradual_every, self.gradual_start) if self.gradual_every else None)
 
     # ---- what is frozen ------------------------------------------------------------------------------

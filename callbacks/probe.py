@@ -49,7 +49,8 @@ def _gather(trainer: Trainer, t: torch.Tensor) -> torch.Tensor:
 
 
 def _features(trainer: Trainer, pl_module: LightningModule, loader: Any, last: nn.Linear,
-              forward: Optional[Callable[[LightningModule, Any], Any]], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+              forward: Optional[Callable[[LightningModule, Any], Any]],
+              label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     got = infer(pl_module, loader, forward=forward, capture=last, label_key=label_key,
                 to_device=trainer.strategy.batch_to_device, keep_outputs=False)
     if got.labels is None:

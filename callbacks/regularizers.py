@@ -190,7 +190,8 @@ class ChildTuningD(Callback):
     (``fisher_batches`` to cap it), each batch's gradient clipped first to norm ``max_grad_norm``: per
     parameter tensor by default, as EH-FT's reference calls ``clip_grad_norm_`` on each parameter
     (``clip_mode="per_tensor"``), or over all masked tensors together (``"joint"``); the mask keeps entries
-    with ``F ≥`` the ``(1 − reserve_p)`` quantile over all masked parameters together. Before every optimizer step, gradients outside the mask are zeroed (with Adam
+    with ``F ≥`` the ``(1 − reserve_p)`` quantile over all masked parameters together. Before every optimizer
+    step, gradients outside the mask are zeroed (with Adam
     moments starting at zero, masked entries then never move; weight decay still applies to all, as in
     ``ChildTuningAdamW``).
 
@@ -220,7 +221,8 @@ class ChildTuningD(Callback):
         if isinstance(reserve_p, bool) or not isinstance(reserve_p, (int, float)) or not 0.0 < reserve_p <= 1.0:
             raise CallbackMisuse(f"ChildTuningD.reserve_p={reserve_p!r} must be in (0, 1]; EH-FT uses 0.1")
         if clip_mode not in ("per_tensor", "joint"):
-            raise CallbackMisuse(f"ChildTuningD.clip_mode={clip_mode!r} is unknown; use 'per_tensor' (EH-FT) or 'joint'")
+            raise CallbackMisuse(f"ChildTuningD.clip_mode={clip_mode!r} is unknown; use 'per_tensor' (EH-FT) or "
+                                 "'joint'")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise CallbackMisuse(f"ChildTuningD.max_grad_norm={max_grad_norm!r} must be > 0 or None (no clipping)")
         if fisher_batches is not None and fisher_batches < 1:
@@ -239,7 +241,8 @@ class ChildTuningD(Callback):
     @override
     def state_key(self) -> str:
         params = self.params.describe() if self.params is not None else f"layers of {self.backbone_attr}"
-        return self._generate_state_key(reserve_p=self.reserve_p, params=params, clip=(self.clip_mode, self.max_grad_norm),
+        return self._generate_state_key(reserve_p=self.reserve_p, params=params,
+                                        clip=(self.clip_mode, self.max_grad_norm),
                                         fisher_batches=self.fisher_batches)
 
     @property

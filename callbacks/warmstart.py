@@ -343,7 +343,8 @@ class HeadWarmStart(Callback):
             set_trainable(pl_module, self._stage1_names)
         if self._resume is not None:
             r = self._resume
-            self._switch_epoch, self._lbfgs, self._head_sha = r["switch_epoch"], dict(r.get("lbfgs") or {}), r.get("head_sha256")
+            self._switch_epoch, self._lbfgs = r["switch_epoch"], dict(r.get("lbfgs") or {})
+            self._head_sha = r.get("head_sha256")
             self._head_bias_seed_used, self._stage1_best = r.get("head_bias_seed"), r.get("stage1_best")
             self._resume = None
         rewrap_ddp(trainer)

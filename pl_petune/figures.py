@@ -236,7 +236,8 @@ def density(a: Analysis, path: str | os.PathLike | None = None,
                 ax.axvline(float(ys.mean()), color=color, ls=ls, label=label + " (no spread)")
                 kinds.add("line")
             elif len(ys) < MIN_KDE_RUNS:
-                ax.hist(ys, bins=bins, histtype="step", color=color, ls=ls, density=True, label=f"{label} (n={len(ys)})")
+                ax.hist(ys, bins=bins, histtype="step", color=color, ls=ls, density=True,
+                        label=f"{label} (n={len(ys)})")
                 kinds.add("hist")
             else:
                 xs = np.linspace(x0, x1, 200)

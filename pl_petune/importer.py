@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from pl_petune.cli import UsageError
-from pl_petune.record_checks import METRIC_RANGES, PROTOCOLS, LEAKY_PROTOCOLS, check_score
+from pl_petune.record_checks import LEAKY_PROTOCOLS, METRIC_RANGES, PROTOCOLS, check_score
 from pl_petune.records import SCHEMA_VERSION, RecordError, now_iso, run_key, validate
 
 UNITS = ("fraction", "percent")
@@ -129,7 +129,8 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
         if len(kept) < len(raw):
             states = Counter(str(r.get("State")) for _, r in raw
                              if str(r.get("State", "")).strip().lower() != "finished")
-            notes.append("skipped " + ", ".join(f"{n} {s}" for s, n in states.items()) + " W&B run(s) (State not finished)")
+            notes.append("skipped " + ", ".join(f"{n} {s}" for s, n in states.items())
+                         + " W&B run(s) (State not finished)")
         raw = kept
     long = any("metric" in r or "value" in r for _, r in raw)
     if not any("State" in r for _, r in raw):  # a plain file (not W&B): a misspelt column would be dropped silently

@@ -23,13 +23,21 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from pl_petune.arg_errors import ArgumentsError, CondensingParser, condense, petune_cause
-from pl_petune.data.module import TaskDataModule, check_data_files
 from pl_petune.callbacks._common import file_sha256
+from pl_petune.data.module import TaskDataModule, check_data_files
 from pl_petune.data.protocols import LEAKY
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.faults import RunGuard, one_line
-from pl_petune.identity import (ALWAYS_IDENTITY, NON_IDENTITY, apply_protocol, hparams, identity, method_name,
-                                run_key_for, to_dict)
+from pl_petune.identity import (
+    ALWAYS_IDENTITY,
+    NON_IDENTITY,
+    apply_protocol,
+    hparams,
+    identity,
+    method_name,
+    run_key_for,
+    to_dict,
+)
 from pl_petune.methods import PetuneModule
 from pl_petune.record_build import log_record_to_wandb, summary_line
 from pl_petune.recorder import RunRecorder, discard_checkpoints

@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 import torchmetrics
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
-from torchmetrics.classification import BinaryF1Score
+from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from pl_petune.tasks import TaskSpec

@@ -258,7 +258,6 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
                           f"got {type(value).__name__}")
     args.pop("peft_type", None)
     ptype = _peft_type(cls)
-    defaults = _field_defaults(cls)
     if args.get("inference_mode"):
         raise ConfigError("peft.inference_mode true would freeze the adapter (nothing would train); the bridge sets "
                           "it: leave it out")
@@ -370,7 +369,8 @@ class Peft(PetLayerMethod):
 
         config = self.peft_config()
         mtype = getattr(self.backbone.config, "model_type", "")
-        if getattr(config, "target_modules", "unset") is None and self.tuner is not None and mtype in self.tuner.targets:
+        if (getattr(config, "target_modules", "unset") is None and self.tuner is not None
+                and mtype in self.tuner.targets):
             config.target_modules = set(self.tuner.targets[mtype])
         if getattr(config, "exclude_modules", "unset") is None and hasattr(self.backbone, "pooler"):
             config.exclude_modules = ["pooler.dense"]  # the head never reads the pooler: no dead adapter on it
@@ -506,8 +506,8 @@ class Peft(PetLayerMethod):
         """
         if self._rewrote_pretrained:
             raise ConfigError(f"method {self.method_name!r} rewrites the pretrained weights at init; its layers "
-                              "cannot be dropped for a head warm start, which needs them as loaded (use e.g. peft_lora, "
-                              "dora, rslora)")
+                              "cannot be dropped for a head warm start, which needs them as loaded (use e.g. "
+                              "peft_lora, dora, rslora)")
         model = self.backbone
         plain = model.get_base_model() if self._prompt_learning else model.unload()
         plain.requires_grad_(False)

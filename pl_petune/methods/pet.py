@@ -17,7 +17,6 @@ Every class here keeps the common contract for warm-start callbacks (EH-FT's sta
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, Optional
 
 import torch

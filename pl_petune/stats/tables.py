@@ -16,8 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from pl_petune.stats.core import (
-    ALTERNATIVES, REGIMES, TESTS, BandAverage, Column, Comparison, Obs, band_average, best, compare, decide,
-    holm, main_series, relative_upper_bound, seed_series, summarize,
+    ALTERNATIVES,
+    REGIMES,
+    TESTS,
+    BandAverage,
+    Column,
+    Comparison,
+    Obs,
+    band_average,
+    best,
+    compare,
+    decide,
+    holm,
+    main_series,
+    relative_upper_bound,
+    seed_series,
+    summarize,
 )
 
 BANDS = ("low", "medium", "high")
@@ -254,7 +268,8 @@ def analyze(obs: Sequence[Obs], settings: Settings = Settings()) -> Analysis:
     for (task, col) in a.cells:
         base = a.baseline_of[col]
         if base is not None and (task, base) in a.cells:
-            a.comparisons[(task, col)] = compare(scores((task, col)), scores((task, base)), a.higher[task], settings.test)
+            a.comparisons[(task, col)] = compare(scores((task, col)), scores((task, base)), a.higher[task],
+                                                 settings.test)
 
     # band rows: plain mean of task means; the test compares per-seed band averages on shared tasks
     groups = {b: [t for t in tasks if band_of[t] == b] for b in (*BANDS, None)}
