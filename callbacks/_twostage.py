@@ -117,7 +117,7 @@ def reset_callbacks(states: list[tuple[Callback, dict[str, Any]]]) -> Optional[s
         if now.get("best_model_path") and "best_k_models" in now:
             best = now["best_model_path"]
         keep = {k: now[k] for k in ("dirpath", "last_model_path") if k in now}
-        cb.load_state_dict({**copy.deepcopy(fresh), **keep})
+        cb.load_state_dict({**copy.deepcopy(fresh), **keep})  # type: ignore[dict-item]
     return best
 
 
@@ -144,7 +144,7 @@ def stage_optimizer(trainer: Trainer, stage: int, lr: Optional[float], to_adamw:
     opt = optimizers[0]
     if to_adamw and not isinstance(opt, torch.optim.AdamW):
         groups = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in opt.param_groups]
-        opt = torch.optim.AdamW(groups, lr=lr)
+        opt = torch.optim.AdamW(groups, lr=lr)  # type: ignore[arg-type]
     for g in opt.param_groups:
         base = lr if lr is not None else g.get("initial_lr", g["lr"])
         g.pop("initial_lr", None)

@@ -310,7 +310,7 @@ class Freezing(Callback):
 
     def record_extra(self) -> dict[str, Any]:
         """What the run record stores about freezing (``petune fit`` collects it)."""
-        return {"freezing": {"frozen_selectors": [s.describe() for s in self.freeze],
+        return {"freezing": {"frozen_selectors": [s.describe() for s in self.freeze],  # type: ignore[union-attr]
                              "keep": [s.describe() for s in self.keep], "top_k": self.top_k,
                              "unfreeze": [{"epoch": s["epoch"], "params": len(s["names"])} for s in self._steps]}}
 

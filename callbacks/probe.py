@@ -86,7 +86,7 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, xdev: torch.Tensor, ydev: torch.
         if best is None or acc > best[0]:
             best = (acc, c, clf.coef_.copy(), clf.intercept_.copy() if fit_intercept else None,
                     clf.classes_.copy(), float(clf.score(ztr, ytr_np)))
-    acc, c, coef, icpt, classes, train_acc = best
+    acc, c, coef, icpt, classes, train_acc = best  # type: ignore[misc]
     return {"coef": coef / std, "intercept": (icpt - coef.sum(1) * mean / std) if icpt is not None else None,
             "classes": classes.tolist(), "C": c, "dev_accuracy": acc, "train_accuracy": train_acc,
             "n_train": int(xtr.shape[0]), "n_dev": int(xdev.shape[0]), "features": int(xtr.shape[1]),
@@ -137,12 +137,12 @@ def solve_head(trainer: Trainer, pl_module: LightningModule, head: nn.Module, *,
     xdev, ydev = _features(trainer, pl_module, trainer.val_dataloaders, last, forward, label_key)
     result = sweep(xtr, ytr, xdev, ydev, cs, max_iter, last.bias is not None) if trainer.is_global_zero else None
     result = trainer.strategy.broadcast(result, src=0)
-    w, b = map_probe(result, last)
+    w, b = map_probe(result, last)  # type: ignore[arg-type]
     with torch.no_grad():
         last.weight.copy_(w.to(last.weight.dtype))
         if last.bias is not None and b is not None:
             last.bias.copy_(b.to(last.bias.dtype))
-    return {k: v for k, v in result.items() if k not in ("coef", "intercept")}
+    return {k: v for k, v in result.items() if k not in ("coef", "intercept")}  # type: ignore[union-attr]
 
 
 __all__ = ["KUMAR_CS", "KUMAR_MAX_ITER", "require_sklearn", "sweep", "map_probe", "solve_head"]

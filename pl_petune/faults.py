@@ -113,7 +113,7 @@ def disk_full_line(err: BaseException) -> Optional[str]:
             return disk_full_message(err.filename or "a file", err)
         if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
             return "disk full writing the results store (database or disk is full); free space there and rerun"
-        err = err.__cause__ or err.__context__
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
     return None
 
 
@@ -139,7 +139,7 @@ def one_line(err: BaseException) -> Optional[tuple[str, int]]:
             return str(cause), EXIT_USAGE
         if isinstance(cause, MisconfigurationException):
             return " ".join(str(cause).split()), EXIT_USAGE
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
     return None
 
 

@@ -170,7 +170,7 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
             ident = {"task": task, "method": str(method).strip(), "protocol": proto, "init_seed": init,
                      "data_seed": data, "seed_mode": mode,
                      "name": None if _blank(name) else str(name).strip()}
-            known = [m.name for m in TASKS[task].metrics]
+            known = [m.name for m in TASKS[task].metrics]  # type: ignore[assignment]
             if long:
                 metric = str(_field(row, "metric") or "").strip()
                 metric = metric[5:] if metric.startswith("test/") else metric
@@ -275,18 +275,18 @@ def _wandb_records(path: Path, raw: list[tuple[int, dict[str, Any]]]) -> tuple[l
             continue
         try:
             rec = json.loads(blob) if isinstance(blob, str) else blob
-            validate(rec)
-            if rec["status"] != "complete":
+            validate(rec)  # type: ignore[arg-type]
+            if rec["status"] != "complete":  # type: ignore[index]
                 skipped += 1
                 continue
-            check_complete(rec)
+            check_complete(rec)  # type: ignore[arg-type]
         except (ValueError, TypeError) as err:  # bad JSON, or a RecordError (a ValueError too)
             errors.append(f"line {line}: {WANDB_RECORD} is not a valid complete record ({err})")
             continue
-        rec.setdefault("extra", {})["imported_from"] = str(path)
+        rec.setdefault("extra", {})["imported_from"] = str(path)  # type: ignore[union-attr]
         records.append(rec)
     _raise_first(path, errors)
-    return records, [f"skipped {skipped} W&B run(s) without a complete {WANDB_RECORD}"] if skipped else []
+    return records, [f"skipped {skipped} W&B run(s) without a complete {WANDB_RECORD}"] if skipped else []  # type: ignore[return-value]
 
 
 def _raise_first(path: Path, errors: list[str]) -> None:

@@ -183,7 +183,7 @@ class PetuneCLI(LightningCLI):
         guard = _GUARD[0]
         kwargs["plugins"] = guard.trainer_plugins(self._get(self.config_init, "trainer", default={}).get("plugins"))
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(guard.interrupts)
+        trainer.callbacks.append(guard.interrupts)  # type: ignore[attr-defined]
         info = self._run_info
         if self.subcommand == "fit" and info is not None:
             cfg = self.config.fit
@@ -192,7 +192,7 @@ class PetuneCLI(LightningCLI):
                 name=cfg.run.name, run_key=info["key"], run_dir=str(info["dir"]), identity=info["identity"],
                 hparams=hparams(cfg), model_class=cfg.model.class_path,
                 seed_mode="tied" if cfg.run.seed is not None else "separate", resumed=info["resumed"])
-            trainer.callbacks.append(self.recorder)
+            trainer.callbacks.append(self.recorder)  # type: ignore[attr-defined]
         return trainer
 
     # ---- fit, then the one test pass with the best checkpoint -----------------------------------------
@@ -211,7 +211,7 @@ class PetuneCLI(LightningCLI):
         if trainer.interrupted:
             raise PetuneError("fit was interrupted; no test pass was run (rerun the same command to resume)")
         ckpt_cb = trainer.checkpoint_callback
-        if ckpt_cb is None or not ckpt_cb.best_model_path:
+        if ckpt_cb is None or not ckpt_cb.best_model_path:  # type: ignore[attr-defined]
             raise PetuneError(f"no best checkpoint was saved for monitor {getattr(ckpt_cb, 'monitor', None)!r}; "
                               "is it logged?")
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)

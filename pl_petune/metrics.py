@@ -32,7 +32,7 @@ def build_metric(spec: TaskSpec, name: str) -> torchmetrics.Metric:
 class _BinaryF1(BinaryF1Score):
     """Binary F1 on class-index predictions (argmax of 2 logits)."""
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         super().update(preds.long(), target.long())
 
 

