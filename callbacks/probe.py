@@ -13,7 +13,7 @@ it is imported only when this probe runs.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -136,13 +136,13 @@ def solve_head(trainer: Trainer, pl_module: LightningModule, head: nn.Module, *,
     xtr, ytr = _features(trainer, pl_module, trainer.train_dataloader, last, forward, label_key)
     xdev, ydev = _features(trainer, pl_module, trainer.val_dataloaders, last, forward, label_key)
     result = sweep(xtr, ytr, xdev, ydev, cs, max_iter, last.bias is not None) if trainer.is_global_zero else None
-    result = trainer.strategy.broadcast(result, src=0)
-    w, b = map_probe(result, last)  # type: ignore[arg-type]
+    result = cast("dict[str, Any]", trainer.strategy.broadcast(result, src=0))  # rank zero's dict, on every rank
+    w, b = map_probe(result, last)
     with torch.no_grad():
         last.weight.copy_(w.to(last.weight.dtype))
         if last.bias is not None and b is not None:
             last.bias.copy_(b.to(last.bias.dtype))
-    return {k: v for k, v in result.items() if k not in ("coef", "intercept")}  # type: ignore[union-attr]
+    return {k: v for k, v in result.items() if k not in ("coef", "intercept")}
 
 
 __all__ = ["KUMAR_CS", "KUMAR_MAX_ITER", "require_sklearn", "sweep", "map_probe", "solve_head"]

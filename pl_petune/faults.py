@@ -131,7 +131,7 @@ def one_line(err: BaseException) -> Optional[tuple[str, int]]:
     full = disk_full_line(err)
     if full is not None:
         return full, EXIT_USAGE
-    cause = err
+    cause: Optional[BaseException] = err
     seen = set()
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
@@ -139,7 +139,7 @@ def one_line(err: BaseException) -> Optional[tuple[str, int]]:
             return str(cause), EXIT_USAGE
         if isinstance(cause, MisconfigurationException):
             return " ".join(str(cause).split()), EXIT_USAGE
-        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        cause = cause.__cause__ or cause.__context__
     return None
 
 

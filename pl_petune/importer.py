@@ -29,7 +29,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, cast
 
 from pl_petune.cli import UsageError
 from pl_petune.record_checks import LEAKY_PROTOCOLS, METRIC_RANGES, PROTOCOLS, check_score
@@ -170,12 +170,12 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
             ident = {"task": task, "method": str(method).strip(), "protocol": proto, "init_seed": init,
                      "data_seed": data, "seed_mode": mode,
                      "name": None if _blank(name) else str(name).strip()}
-            known = [m.name for m in TASKS[task].metrics]  # type: ignore[assignment]
+            task_metrics = [m.name for m in TASKS[task].metrics]
             if long:
                 metric = str(_field(row, "metric") or "").strip()
                 metric = metric[5:] if metric.startswith("test/") else metric
-                if metric not in known:
-                    raise ValueError(f"metric {metric!r} is not one of {task}'s: {', '.join(known)}")
+                if metric not in task_metrics:
+                    raise ValueError(f"metric {metric!r} is not one of {task}'s: {', '.join(task_metrics)}")
                 if _blank(row.get("value")):
                     raise ValueError("no value")
                 value, pct = _number(row.get("value"), f"value of {metric}")
@@ -185,14 +185,15 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
                 for col, v in row.items():
                     m = col[5:] if col.startswith("test/") else col
                     if m in METRIC_RANGES and not _blank(v):
-                        if m not in known:
-                            raise ValueError(f"column {col!r}: {m} is not one of {task}'s metrics: {', '.join(known)}")
+                        if m not in task_metrics:
+                            raise ValueError(f"column {col!r}: {m} is not one of {task}'s metrics: "
+                                             f"{', '.join(task_metrics)}")
                         value, pct = _number(v, col)
                         scores.append((line, ident, m, value, pct))
                         found += 1
                 if not found:
                     raise ValueError(f"no score: a metric/value pair or a column named after one of {task}'s "
-                                     f"metrics ({', '.join(known)})")
+                                     f"metrics ({', '.join(task_metrics)})")
         except ValueError as err:
             errors.append(f"line {line}: {err}")
     _raise_first(path, errors)
@@ -267,26 +268,28 @@ def _record(key: str, ident: Mapping[str, Any], path: Path) -> dict[str, Any]:
 def _wandb_records(path: Path, raw: list[tuple[int, dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[str]]:
     from pl_petune.record_checks import check_complete
 
-    records, errors, skipped = [], [], 0
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    skipped = 0
     for line, row in raw:
         blob = row.get(WANDB_RECORD)
         if _blank(blob):
             skipped += 1
             continue
         try:
-            rec = json.loads(blob) if isinstance(blob, str) else blob
-            validate(rec)  # type: ignore[arg-type]
-            if rec["status"] != "complete":  # type: ignore[index]
+            rec = cast("dict[str, Any]", json.loads(blob) if isinstance(blob, str) else blob)
+            validate(rec)
+            if rec["status"] != "complete":
                 skipped += 1
                 continue
-            check_complete(rec)  # type: ignore[arg-type]
+            check_complete(rec)
         except (ValueError, TypeError) as err:  # bad JSON, or a RecordError (a ValueError too)
             errors.append(f"line {line}: {WANDB_RECORD} is not a valid complete record ({err})")
             continue
-        rec.setdefault("extra", {})["imported_from"] = str(path)  # type: ignore[union-attr]
+        rec.setdefault("extra", {})["imported_from"] = str(path)
         records.append(rec)
     _raise_first(path, errors)
-    return records, [f"skipped {skipped} W&B run(s) without a complete {WANDB_RECORD}"] if skipped else []  # type: ignore[return-value]
+    return records, [f"skipped {skipped} W&B run(s) without a complete {WANDB_RECORD}"] if skipped else []
 
 
 def _raise_first(path: Path, errors: list[str]) -> None:

@@ -159,5 +159,5 @@ def log_record_to_wandb(run: Any, record: Mapping[str, Any]) -> None:
     from pl_petune.wandb_source import SUMMARY_KEY, summary_value
 
     summary = {k: v for k, v in flatten(record).items() if isinstance(v, (int, float, str))}
-    summary[SUMMARY_KEY] = summary_value(record)  # type: ignore[arg-type]
+    summary[SUMMARY_KEY] = summary_value(record)
     run.summary.update(summary)

@@ -240,16 +240,16 @@ def main(argv: list[str]) -> int:
 
     from pl_petune.stats.ood import ood_table
 
-    grids = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
-             ood_table(records, ddof=args.ddof, digits=int(args.digits))]  # None unless runs declared data.ood
-    grids = [g for g in grids if g is not None]
+    drafted = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
+               ood_table(records, ddof=args.ddof, digits=int(args.digits))]  # None unless runs declared data.ood
+    grids = [g for g in drafted if g is not None]
     written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
     for grid in grids:
         for fmt, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
             if fmt in formats:
-                atomic_write_text(out / f"{grid.name}.{fmt}", render(grid))  # type: ignore[arg-type, union-attr]
-                written.append(out / f"{grid.name}.{fmt}")  # type: ignore[union-attr]
+                atomic_write_text(out / f"{grid.name}.{fmt}", render(grid))
+                written.append(out / f"{grid.name}.{fmt}")
     figure_formats = [f for f in ("png", "svg", "pdf") if f in formats]
     skipped: list[str] = []
     if figure_formats or "html" in formats:
@@ -272,14 +272,14 @@ def main(argv: list[str]) -> int:
         if "html" in formats:
             from pl_petune.html_report import study_page
 
-            atomic_write_text(out / "study.html", study_page(analysis, grids, records, page_figs, out))  # type: ignore[arg-type]
+            atomic_write_text(out / "study.html", study_page(analysis, grids, records, page_figs, out))
             written.append(out / "study.html")
         figures.close_all(drawn)
     from pl_petune.figures import _umask
 
     for path in written:  # atomic_write_text's mkstemp leaves 0600; reports are shared files
         os.chmod(path, 0o666 & ~_umask())
-    print(to_markdown(grids[0]))  # type: ignore[arg-type]
+    print(to_markdown(grids[0]))
     if skipped:
         print(f"petune report: no figure {', '.join(skipped)} (nothing to draw: " +
               "; ".join(figures.WHY_EMPTY[n] for n in skipped) + ")", file=sys.stderr)

@@ -322,7 +322,8 @@ class PetuneModule(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters only (frozen ones get no optimizer state); no decay on biases and norms."""
-        decay, no_decay = [], []  # type: ignore[var-annotated]
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for n, p in self.named_parameters():
             if not p.requires_grad:
                 continue

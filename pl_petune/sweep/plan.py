@@ -79,7 +79,7 @@ class FitParser:
 
         try:
             with _quiet():  # recipes resolve as `python -m pl_petune` resolves them (packaged, from any folder)
-                return self.parser.parse_args(resolve_configs(argv))  # type: ignore[arg-type]
+                return self.parser.parse_args(resolve_configs(argv))
         except SystemExit:
             raise SweepError("does not parse (see the parser's message above)") from None
         except Exception as err:  # jsonargparse's ArgumentError, or a PetuneError already condensed to one line
