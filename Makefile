@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 # the shared GLUE/SuperGLUE files beside the clone when present; otherwise the hub
 export PETUNE_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: setup quickstart test test-slow test-real
+.PHONY: setup quickstart test test-slow test-real lint
 
 # One pip command resolves the whole stack (installing pieces later broke transformers; REFERENCE §8).
 # torch==2.13.0 first in the same command takes the CPU wheel on disk instead of a CUDA build.
@@ -25,6 +25,10 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2
+
+# ruff and mypy on the library and the callbacks (settings in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check pl_petune callbacks && $(BIN)/mypy pl_petune callbacks
 
 # Slow, CPU-only checks CI also runs: SIGKILL-and-resume, a full parse of every run of every sweep file.
 test-slow: setup

@@ -35,7 +35,8 @@ class Inference:
 
 
 def default_forward(module: nn.Module, batch: Any, label_key: str = "labels") -> Any:
-    """``module(**batch_without_labels)`` for a mapping, ``module(batch[0])`` for a tuple or list, else ``module(batch)``."""
+    """``module(**batch_without_labels)`` for a mapping, ``module(batch[0])`` for a tuple or list, else
+    ``module(batch)``."""
     if isinstance(batch, Mapping):
         return module(**{k: v for k, v in batch.items() if k != label_key})
     if isinstance(batch, (tuple, list)):

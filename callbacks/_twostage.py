@@ -51,10 +51,12 @@ def resolve_plan(stage1_epochs: Union[int, float], max_epochs: Optional[int]) ->
     if max_epochs is None or max_epochs < 1:
         raise CallbackMisuse(f"HeadWarmStart counts stages in epochs but Trainer(max_epochs={max_epochs}); "
                              "set trainer max_epochs")
-    s1 = max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float) else int(stage1_epochs)
+    s1 = (max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float)
+          else int(stage1_epochs))
     if s1 >= max_epochs:
         raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} gives {s1} stage-1 epochs of "
-                             f"max_epochs={max_epochs}, leaving none for stage 2; lower stage1_epochs or raise max_epochs")
+                             f"max_epochs={max_epochs}, leaving none for stage 2; lower stage1_epochs or raise "
+                             "max_epochs")
     return s1, max_epochs
 
 
@@ -74,7 +76,8 @@ def follow(pl_module: nn.Module, old: nn.Module, alive: set[int], attr: str, rol
     holders = [m for m in modules if alive and alive <= {id(p) for p in m.parameters()}]
     if not holders:
         raise CallbackMisuse(f"HeadWarmStart: after {drop_fn}() the {role} is gone: neither its module, nor a module "
-                             f"at {attr!r}, nor one holding its tensors is in the LightningModule; {drop_fn}() must keep "
+                             f"at {attr!r}, nor one holding its tensors is in the LightningModule; {drop_fn}() must "
+                             "keep "
                              f"the {role}'s tensors (PEFT: self.model = self.model.unload())")
     return min(holders, key=lambda m: sum(1 for _ in m.parameters()))
 
@@ -114,7 +117,7 @@ def reset_callbacks(states: list[tuple[Callback, dict[str, Any]]]) -> Optional[s
         if now.get("best_model_path") and "best_k_models" in now:
             best = now["best_model_path"]
         keep = {k: now[k] for k in ("dirpath", "last_model_path") if k in now}
-        cb.load_state_dict({**copy.deepcopy(fresh), **keep})
+        cb.load_state_dict({**copy.deepcopy(fresh), **keep})  # type: ignore[dict-item]
     return best
 
 
@@ -136,11 +139,12 @@ def stage_optimizer(trainer: Trainer, stage: int, lr: Optional[float], to_adamw:
     trainer.strategy.setup_optimizers(trainer)
     optimizers = trainer.strategy.optimizers
     if len(optimizers) != 1:
-        raise CallbackMisuse(f"HeadWarmStart needs exactly one optimizer; configure_optimizers returned {len(optimizers)}")
+        raise CallbackMisuse("HeadWarmStart needs exactly one optimizer; configure_optimizers returned "
+                             f"{len(optimizers)}")
     opt = optimizers[0]
     if to_adamw and not isinstance(opt, torch.optim.AdamW):
         groups = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in opt.param_groups]
-        opt = torch.optim.AdamW(groups, lr=lr)
+        opt = torch.optim.AdamW(groups, lr=lr)  # type: ignore[arg-type]
     for g in opt.param_groups:
         base = lr if lr is not None else g.get("initial_lr", g["lr"])
         g.pop("initial_lr", None)

@@ -117,7 +117,7 @@ class DevSplitEarlyStopping(EarlyStopping):
 
         loader = trainer.fit_loop._data_source.dataloader()
         n = _carvable_length(loader)
-        n_dev = max(1, math.ceil(self.dev_fraction * n))
+        n_dev = max(1, math.ceil(self.dev_fraction * n))  # type: ignore[operator]
         if n_dev >= n:
             raise CallbackMisuse(f"DevSplitEarlyStopping: dev_fraction={self.dev_fraction} of {n} rows leaves no "
                                  "training rows; lower dev_fraction")
@@ -190,7 +190,7 @@ class DevSplitEarlyStopping(EarlyStopping):
         """Test once with the best-on-dev checkpoint; ``kwargs`` go to ``trainer.test`` (dataloaders, datamodule)."""
         if not self.best_model_path:
             raise CallbackMisuse("DevSplitEarlyStopping.test_best: no best checkpoint; run trainer.fit first")
-        return trainer.test(model, ckpt_path=self.best_model_path, **kwargs)
+        return trainer.test(model, ckpt_path=self.best_model_path, **kwargs)  # type: ignore[return-value]
 
     # ---- state and record -------------------------------------------------------------------------------
     @override
@@ -249,9 +249,9 @@ def carve(loader: DataLoader, train_idx: list[int], dev_idx: list[int]) -> tuple
     """
     _carvable_length(loader)
     auto = loader.batch_size is not None
-    sampler = loader.sampler if auto else loader.batch_sampler.sampler
-    batch_size = loader.batch_size if auto else loader.batch_sampler.batch_size
-    drop_last = loader.drop_last if auto else loader.batch_sampler.drop_last
+    sampler = loader.sampler if auto else loader.batch_sampler.sampler  # type: ignore[union-attr]
+    batch_size = loader.batch_size if auto else loader.batch_sampler.batch_size  # type: ignore[union-attr]
+    drop_last = loader.drop_last if auto else loader.batch_sampler.drop_last  # type: ignore[union-attr]
     common: dict[str, Any] = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn,
                               "pin_memory": loader.pin_memory, "timeout": loader.timeout,
                               "worker_init_fn": loader.worker_init_fn,
@@ -271,7 +271,7 @@ def carve(loader: DataLoader, train_idx: list[int], dev_idx: list[int]) -> tuple
         train = DataLoader(train_set, batch_size=batch_size, sampler=new_sampler, drop_last=drop_last,
                            generator=loader.generator, **common)
     else:
-        train = DataLoader(train_set, batch_sampler=BatchSampler(new_sampler, batch_size, drop_last),
+        train = DataLoader(train_set, batch_sampler=BatchSampler(new_sampler, batch_size, drop_last),  # type: ignore[arg-type]
                            generator=loader.generator, **common)
     dev = DataLoader(dev_set, batch_size=batch_size, shuffle=False, drop_last=False, **common)
     return train, dev

@@ -107,10 +107,10 @@ class SaveHeadFeatures(Callback):
         self._fitted = {"train": trainer.train_dataloader, "dev": trainer.val_dataloaders}
 
     def _loaders(self, trainer: Trainer) -> dict[str, Callable[[], Any]]:
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]
         if dm is not None:
             return {"train": dm.train_dataloader, "dev": dm.val_dataloader}
-        return {k: (lambda v=v: v) for k, v in self._fitted.items() if v is not None}
+        return {k: (lambda v=v: v) for k, v in self._fitted.items() if v is not None}  # type: ignore[misc]
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -129,7 +129,7 @@ class SaveHeadFeatures(Callback):
             folder.mkdir(parents=True, exist_ok=True)
             path, tmp = folder / self.filename, folder / f".{self.filename}.tmp"
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+                np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)

@@ -143,7 +143,8 @@ class Freezing(Callback):
         return self._generate_state_key(
             freeze=[s.describe() for s in self.freeze] if self.freeze else f"backbone:{self.backbone_attr}",
             keep=[s.describe() for s in self.keep], top_k=self.top_k,
-            unfreeze=[{k: (v if k in _STEP_KEYS else str(v)) for k, v in sorted(step.items())} for step in self.unfreeze],
+            unfreeze=[{k: (v if k in _STEP_KEYS else str(v)) for k, v in sorted(step.items())}
+                      for step in self.unfreeze],
             gradual=(self.gradual_every, self.gradual_start) if self.gradual_every else None)
 
     # ---- what is frozen ------------------------------------------------------------------------------
@@ -309,7 +310,7 @@ class Freezing(Callback):
 
     def record_extra(self) -> dict[str, Any]:
         """What the run record stores about freezing (``petune fit`` collects it)."""
-        return {"freezing": {"frozen_selectors": [s.describe() for s in self.freeze],
+        return {"freezing": {"frozen_selectors": [s.describe() for s in self.freeze],  # type: ignore[union-attr]
                              "keep": [s.describe() for s in self.keep], "top_k": self.top_k,
                              "unfreeze": [{"epoch": s["epoch"], "params": len(s["names"])} for s in self._steps]}}
 

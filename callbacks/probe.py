@@ -13,7 +13,7 @@ it is imported only when this probe runs.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -49,7 +49,8 @@ def _gather(trainer: Trainer, t: torch.Tensor) -> torch.Tensor:
 
 
 def _features(trainer: Trainer, pl_module: LightningModule, loader: Any, last: nn.Linear,
-              forward: Optional[Callable[[LightningModule, Any], Any]], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+              forward: Optional[Callable[[LightningModule, Any], Any]],
+              label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     got = infer(pl_module, loader, forward=forward, capture=last, label_key=label_key,
                 to_device=trainer.strategy.batch_to_device, keep_outputs=False)
     if got.labels is None:
@@ -85,7 +86,7 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, xdev: torch.Tensor, ydev: torch.
         if best is None or acc > best[0]:
             best = (acc, c, clf.coef_.copy(), clf.intercept_.copy() if fit_intercept else None,
                     clf.classes_.copy(), float(clf.score(ztr, ytr_np)))
-    acc, c, coef, icpt, classes, train_acc = best
+    acc, c, coef, icpt, classes, train_acc = best  # type: ignore[misc]
     return {"coef": coef / std, "intercept": (icpt - coef.sum(1) * mean / std) if icpt is not None else None,
             "classes": classes.tolist(), "C": c, "dev_accuracy": acc, "train_accuracy": train_acc,
             "n_train": int(xtr.shape[0]), "n_dev": int(xdev.shape[0]), "features": int(xtr.shape[1]),
@@ -135,7 +136,7 @@ def solve_head(trainer: Trainer, pl_module: LightningModule, head: nn.Module, *,
     xtr, ytr = _features(trainer, pl_module, trainer.train_dataloader, last, forward, label_key)
     xdev, ydev = _features(trainer, pl_module, trainer.val_dataloaders, last, forward, label_key)
     result = sweep(xtr, ytr, xdev, ydev, cs, max_iter, last.bias is not None) if trainer.is_global_zero else None
-    result = trainer.strategy.broadcast(result, src=0)
+    result = cast("dict[str, Any]", trainer.strategy.broadcast(result, src=0))  # rank zero's dict, on every rank
     w, b = map_probe(result, last)
     with torch.no_grad():
         last.weight.copy_(w.to(last.weight.dtype))

@@ -36,10 +36,10 @@ _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Alpha
 def _mixout_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight = self.weight
     p = self.mixout_p
-    if self.training and p > 0:
+    if self.training and p > 0:  # type: ignore[operator]
         target = self.mixout_target
-        keep = torch.empty_like(weight).bernoulli_(1.0 - p)
-        weight = (keep * weight + (1.0 - keep) * target - p * target) / (1.0 - p)
+        keep = torch.empty_like(weight).bernoulli_(1.0 - p)  # type: ignore[operator]
+        weight = (keep * weight + (1.0 - keep) * target - p * target) / (1.0 - p)  # type: ignore[operator]
     return nn.functional.linear(x, weight, self.bias)
 
 
@@ -138,8 +138,8 @@ class Mixout(Callback):
                                  f"exclude={list(self.exclude)}); widen include")
         for _, mod in layers:
             mod.register_buffer("mixout_target", mod.weight.detach().clone(), persistent=False)
-            mod.mixout_p = self.p
-            mod.forward = types.MethodType(_mixout_forward, mod)
+            mod.mixout_p = self.p  # type: ignore[assignment]
+            mod.forward = types.MethodType(_mixout_forward, mod)  # type: ignore[method-assign]
         self._layers = [n for n, _ in layers]
         self._target_sha = tensor_sha256({name: mod.mixout_target for name, mod in layers})
         if self.disable_dropout:
@@ -190,7 +190,8 @@ class ChildTuningD(Callback):
     (``fisher_batches`` to cap it), each batch's gradient clipped first to norm ``max_grad_norm``: per
     parameter tensor by default, as EH-FT's reference calls ``clip_grad_norm_`` on each parameter
     (``clip_mode="per_tensor"``), or over all masked tensors together (``"joint"``); the mask keeps entries
-    with ``F ≥`` the ``(1 − reserve_p)`` quantile over all masked parameters together. Before every optimizer step, gradients outside the mask are zeroed (with Adam
+    with ``F ≥`` the ``(1 − reserve_p)`` quantile over all masked parameters together. Before every optimizer
+    step, gradients outside the mask are zeroed (with Adam
     moments starting at zero, masked entries then never move; weight decay still applies to all, as in
     ``ChildTuningAdamW``).
 
@@ -220,7 +221,8 @@ class ChildTuningD(Callback):
         if isinstance(reserve_p, bool) or not isinstance(reserve_p, (int, float)) or not 0.0 < reserve_p <= 1.0:
             raise CallbackMisuse(f"ChildTuningD.reserve_p={reserve_p!r} must be in (0, 1]; EH-FT uses 0.1")
         if clip_mode not in ("per_tensor", "joint"):
-            raise CallbackMisuse(f"ChildTuningD.clip_mode={clip_mode!r} is unknown; use 'per_tensor' (EH-FT) or 'joint'")
+            raise CallbackMisuse(f"ChildTuningD.clip_mode={clip_mode!r} is unknown; use 'per_tensor' (EH-FT) or "
+                                 "'joint'")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise CallbackMisuse(f"ChildTuningD.max_grad_norm={max_grad_norm!r} must be > 0 or None (no clipping)")
         if fisher_batches is not None and fisher_batches < 1:
@@ -239,7 +241,8 @@ class ChildTuningD(Callback):
     @override
     def state_key(self) -> str:
         params = self.params.describe() if self.params is not None else f"layers of {self.backbone_attr}"
-        return self._generate_state_key(reserve_p=self.reserve_p, params=params, clip=(self.clip_mode, self.max_grad_norm),
+        return self._generate_state_key(reserve_p=self.reserve_p, params=params,
+                                        clip=(self.clip_mode, self.max_grad_norm),
                                         fisher_batches=self.fisher_batches)
 
     @property
@@ -295,20 +298,20 @@ class ChildTuningD(Callback):
         was_training = pl_module.training
         pl_module.train()
         batches = 0
-        for i, batch in enumerate(trainer.train_dataloader):
+        for i, batch in enumerate(trainer.train_dataloader):  # type: ignore[arg-type]
             if self.fisher_batches is not None and i >= self.fisher_batches:
                 break
             batch = trainer.strategy.batch_to_device(batch)
             loss = self._loss(pl_module, batch, i)
             # autograd.grad leaves .grad (and DDP's reducer hooks) untouched
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]  # type: ignore[assignment]
             if self.max_grad_norm is not None:
                 # the coefficient of torch's clip_grad_norm_, per tensor (EH-FT) or over all tensors together
                 norms = [torch.linalg.vector_norm(g) for g in grads]
                 if self.clip_mode == "joint":
                     norms = [torch.linalg.vector_norm(torch.stack(norms))] * len(grads)
-                grads = [g * min(1.0, self.max_grad_norm / (float(n) + 1e-6)) for g, n in zip(grads, norms)]
+                grads = [g * min(1.0, self.max_grad_norm / (float(n) + 1e-6)) for g, n in zip(grads, norms)]  # type: ignore[assignment]
             for f, g in zip(fisher, grads):
                 f += g.detach().float() ** 2
             batches += 1

@@ -144,7 +144,8 @@ class ParamSelector:
         for key in ("include", "module_types", "exclude", "bias_only", "layers"):
             val = getattr(self, key)
             if val:
-                parts.append(f"{key}={[getattr(v, '__name__', v) for v in val] if isinstance(val, (list, tuple)) else val}")
+                shown = [getattr(v, '__name__', v) for v in val] if isinstance(val, (list, tuple)) else val
+                parts.append(f"{key}={shown}")
         return "(" + ", ".join(parts) + ")" if parts else "(all parameters)"
 
 

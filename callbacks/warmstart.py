@@ -225,7 +225,7 @@ class HeadWarmStart(Callback):
         before = {"backbone": [id(p) for p in backbone.parameters()], "head": [id(p) for p in head.parameters()]}
         getattr(pl_module, self.drop_pet_fn)()
         alive = {id(p) for p in pl_module.parameters()}
-        self._parts_after_drop = tuple(  # type: ignore[assignment]
+        self._parts_after_drop = tuple(
             follow(pl_module, old, {i for i in before[role] if i in alive}, attr, role, self.drop_pet_fn)
             for role, old, attr in (("backbone", backbone, self.backbone_attr), ("head", head, self.head_attr)))
 
@@ -234,7 +234,7 @@ class HeadWarmStart(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             check_strategy(trainer, "HeadWarmStart")
-            others = [cb for cb in trainer.callbacks if isinstance(cb, HeadWarmStart) and cb is not self]
+            others = [cb for cb in trainer.callbacks if isinstance(cb, HeadWarmStart) and cb is not self]  # type: ignore[attr-defined]
             if others:
                 raise CallbackMisuse("HeadWarmStart: the Trainer holds two HeadWarmStart callbacks; one fit has one "
                                      "stage switch, keep one")
@@ -343,7 +343,8 @@ class HeadWarmStart(Callback):
             set_trainable(pl_module, self._stage1_names)
         if self._resume is not None:
             r = self._resume
-            self._switch_epoch, self._lbfgs, self._head_sha = r["switch_epoch"], dict(r.get("lbfgs") or {}), r.get("head_sha256")
+            self._switch_epoch, self._lbfgs = r["switch_epoch"], dict(r.get("lbfgs") or {})
+            self._head_sha = r.get("head_sha256")
             self._head_bias_seed_used, self._stage1_best = r.get("head_bias_seed"), r.get("stage1_best")
             self._resume = None
         rewrap_ddp(trainer)
@@ -421,5 +422,5 @@ def _module_init_seed(pl_module: Any) -> Optional[int]:
     seed = getattr(pl_module, "init_seed", None)
     if seed is None:
         hparams = getattr(pl_module, "hparams", None)
-        seed = hparams.get("init_seed") if hasattr(hparams, "get") else None
+        seed = hparams.get("init_seed") if hasattr(hparams, "get") else None  # type: ignore[union-attr]
     return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None

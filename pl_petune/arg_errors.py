@@ -121,7 +121,7 @@ class CondensingParser(LightningArgumentParser):
             action._typehint = int_before_float(hint)
         return action
 
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         cause = petune_cause(ex)
         if cause is not None:
             raise cause

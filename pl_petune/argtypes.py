@@ -98,7 +98,7 @@ _MARK = "not accepted:"  # jsonargparse keeps a deserializer's message; this tag
 def _coerce(kind: type, value: Any) -> Any:
     """``value`` as a plain ``kind.base`` if it satisfies ``kind``; else ValueError (tagged when only the range
     is wrong, worded like jsonargparse's own type errors when it is not a number at all)."""
-    base = kind.base
+    base = kind.base  # type: ignore[attr-defined]
     if isinstance(value, str):
         try:
             value = base(value) if base is float else int(value)
@@ -112,13 +112,13 @@ def _coerce(kind: type, value: Any) -> Any:
         value = int(value)
     else:
         value = float(value)
-    if value != value or not kind.test(value):
-        raise ValueError(f"{_MARK} must be {kind.allowed}, got {value!r}")
+    if value != value or not kind.test(value):  # type: ignore[attr-defined]
+        raise ValueError(f"{_MARK} must be {kind.allowed}, got {value!r}")  # type: ignore[attr-defined]
     return value
 
 
 def _register(kind: type) -> None:
-    register_type(kind, kind.base, lambda v, _k=kind: _coerce(_k, v))
+    register_type(kind, kind.base, lambda v, _k=kind: _coerce(_k, v))  # type: ignore[attr-defined]
 
 
 for _kind in CHECKED:
@@ -172,8 +172,8 @@ def check_arguments(cls: type, values: dict[str, Any], stop: Optional[type] = No
     """
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
-            hints = _hints(klass.__init__)
-            for name in inspect.signature(klass.__init__).parameters:
+            hints = _hints(klass.__init__)  # type: ignore[misc]
+            for name in inspect.signature(klass.__init__).parameters:  # type: ignore[misc]
                 if name in hints and name in values:
                     check_value(name, values[name], hints[name])
         if klass is stop:

@@ -65,4 +65,5 @@ def check_dropout_overrides(config, overrides: dict) -> None:
     if missing:
         arg = {"hidden_dropout_prob": "hidden_dropout", "attention_probs_dropout_prob": "attention_dropout"}
         raise ConfigError(f"{', '.join(arg.get(k, k) for k in missing)} applies to BERT-family backbones; the "
-                          f"{getattr(config, 'model_type', '?')!r} backbone has no {', '.join(missing)}; leave it unset")
+                          f"{getattr(config, 'model_type', '?')!r} backbone has no {', '.join(missing)}; leave it "
+                          "unset")

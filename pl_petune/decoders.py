@@ -21,8 +21,10 @@ import torch
 def is_causal_lm(config: Any) -> bool:
     """Whether a backbone config is a decoder-only causal LM (Llama, Qwen2, Mistral, GPT-2, ...): its model type
     has a causal-LM head in transformers and no masked-LM one (BERT-like encoders have both)."""
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     if getattr(config, "is_encoder_decoder", False):
         return False

@@ -149,7 +149,7 @@ def export(record: dict[str, Any], out: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from pl_petune.methods import LoRA, Peft, PetLayerMethod
+    from pl_petune.methods import LoRA, Peft, PetLayerMethod  # type: ignore[attr-defined]
 
     out = Path(out)
     if out.exists():

@@ -113,7 +113,7 @@ def disk_full_line(err: BaseException) -> Optional[str]:
             return disk_full_message(err.filename or "a file", err)
         if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
             return "disk full writing the results store (database or disk is full); free space there and rerun"
-        err = err.__cause__ or err.__context__
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
     return None
 
 
@@ -131,7 +131,7 @@ def one_line(err: BaseException) -> Optional[tuple[str, int]]:
     full = disk_full_line(err)
     if full is not None:
         return full, EXIT_USAGE
-    cause = err
+    cause: Optional[BaseException] = err
     seen = set()
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))

@@ -176,7 +176,7 @@ def stability(a: Analysis, path: str | os.PathLike | None = None,
             color = colors[c.method]
             ax.scatter(x + jitter, ys, s=12, facecolors="none" if c.leaky else color, edgecolors=color, alpha=0.75,
                        zorder=2)
-            sm = summarize(ys, s.ddof)
+            sm = summarize(ys, s.ddof)  # type: ignore[arg-type]
             ax.errorbar(x + 0.32, sm.mean, yerr=0 if math.isnan(sm.std) else sm.std, fmt="D", color="black",
                         mfc="white", ms=5, capsize=3, zorder=3)
         ax.set_xticks(range(len(cols)), [a.label(c) for c in cols], rotation=30, ha="right", fontsize=7)
@@ -236,7 +236,8 @@ def density(a: Analysis, path: str | os.PathLike | None = None,
                 ax.axvline(float(ys.mean()), color=color, ls=ls, label=label + " (no spread)")
                 kinds.add("line")
             elif len(ys) < MIN_KDE_RUNS:
-                ax.hist(ys, bins=bins, histtype="step", color=color, ls=ls, density=True, label=f"{label} (n={len(ys)})")
+                ax.hist(ys, bins=bins, histtype="step", color=color, ls=ls, density=True,
+                        label=f"{label} (n={len(ys)})")
                 kinds.add("hist")
             else:
                 xs = np.linspace(x0, x1, 200)
@@ -302,7 +303,7 @@ def upper_bounds(a: Analysis, path: str | os.PathLike | None = None,
     for band in (*BANDS, None):
         tasks = [t for t in a.tasks if a.band_of[t] == band]
         vals = {c: [relative_upper_bound([o.score for o in a.cells[(t, c)]],
-                                         [o.score for o in a.cells[(t, a.baseline_of[c])]], a.higher[t])
+                                         [o.score for o in a.cells[(t, a.baseline_of[c])]], a.higher[t])  # type: ignore[index]
                     if (t, c) in a.cells and (t, a.baseline_of[c]) in a.cells else np.nan for t in tasks]
                 for c in cols}
         if tasks and any(np.isfinite(v).any() for v in map(np.asarray, vals.values())):

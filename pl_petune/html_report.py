@@ -166,7 +166,8 @@ def _record_link(rec: Mapping[str, Any], out: Path) -> str:
 
 
 def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str, Any]],
-               figures: Mapping[str, tuple[str, bytes] | None], out: str | os.PathLike, title: str | None = None) -> str:
+               figures: Mapping[str, tuple[str, bytes] | None], out: str | os.PathLike,
+               title: str | None = None) -> str:
     """The study page's HTML.
 
     Args:
@@ -208,7 +209,8 @@ def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str
     body.append("<h2>Figures</h2>")
     for name, fig in figures.items():
         if fig is None:
-            body.append(f'<p class="muted">{_esc(name)}: not drawn ({_esc(figs.WHY_EMPTY.get(name, "nothing to draw"))})</p>')
+            why = _esc(figs.WHY_EMPTY.get(name, "nothing to draw"))
+            body.append(f'<p class="muted">{_esc(name)}: not drawn ({why})</p>')
             continue
         fmt, data = fig
         if fmt == "svg":
@@ -221,7 +223,8 @@ def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str
     body.append('<h2 id="per-seed">Per-seed scores</h2>')
     body.append('<div id="filters">' + options("task", tasks) + options("method", methods)
                 + options("protocol", protocols) + options("seed", seeds)
-                + ' <span class="muted"><span id="shown-count"></span> of ' + str(len(points)) + " runs shown</span></div>")
+                + ' <span class="muted"><span id="shown-count"></span> of ' + str(len(points))
+                + " runs shown</span></div>")
     body.append('<svg id="points-plot" xmlns="http://www.w3.org/2000/svg" width="100%" height="40"></svg>')
     body.append('<table id="points"><thead><tr><th>task</th><th>method</th><th>protocol</th><th>init seed</th>'
                 f"<th>data seed</th><th>{_esc(f'score x{s.scale:g}')}</th><th>run</th></tr></thead><tbody>")
@@ -229,7 +232,8 @@ def study_page(a: Analysis, grids: Sequence[Grid], records: Sequence[Mapping[str
         score = o.score * s.scale
         rec = by_key.get(o.run_key, {})
         body.append(
-            f'<tr data-task="{_esc(a.task_label(t))}" data-method="{_esc(method(c))}" data-protocol="{_esc(c.protocol)}"'
+            f'<tr data-task="{_esc(a.task_label(t))}" data-method="{_esc(method(c))}"'
+            f' data-protocol="{_esc(c.protocol)}"'
             f' data-seed="{_esc(_seed_text(o))}" data-score="{score:.6g}" data-color="{_hex(colors[c.method])}">'
             f"<td>{_esc(a.task_label(t))}</td><td>{_esc(a.label(c))}</td><td>{_esc(c.protocol)}</td>"
             f"<td>{_esc(o.init_seed)}</td><td>{_esc(o.data_seed)}</td>"

@@ -29,10 +29,10 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, cast
 
 from pl_petune.cli import UsageError
-from pl_petune.record_checks import METRIC_RANGES, PROTOCOLS, LEAKY_PROTOCOLS, check_score
+from pl_petune.record_checks import LEAKY_PROTOCOLS, METRIC_RANGES, PROTOCOLS, check_score
 from pl_petune.records import SCHEMA_VERSION, RecordError, now_iso, run_key, validate
 
 UNITS = ("fraction", "percent")
@@ -129,7 +129,8 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
         if len(kept) < len(raw):
             states = Counter(str(r.get("State")) for _, r in raw
                              if str(r.get("State", "")).strip().lower() != "finished")
-            notes.append("skipped " + ", ".join(f"{n} {s}" for s, n in states.items()) + " W&B run(s) (State not finished)")
+            notes.append("skipped " + ", ".join(f"{n} {s}" for s, n in states.items())
+                         + " W&B run(s) (State not finished)")
         raw = kept
     long = any("metric" in r or "value" in r for _, r in raw)
     if not any("State" in r for _, r in raw):  # a plain file (not W&B): a misspelt column would be dropped silently
@@ -169,12 +170,12 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
             ident = {"task": task, "method": str(method).strip(), "protocol": proto, "init_seed": init,
                      "data_seed": data, "seed_mode": mode,
                      "name": None if _blank(name) else str(name).strip()}
-            known = [m.name for m in TASKS[task].metrics]
+            task_metrics = [m.name for m in TASKS[task].metrics]
             if long:
                 metric = str(_field(row, "metric") or "").strip()
                 metric = metric[5:] if metric.startswith("test/") else metric
-                if metric not in known:
-                    raise ValueError(f"metric {metric!r} is not one of {task}'s: {', '.join(known)}")
+                if metric not in task_metrics:
+                    raise ValueError(f"metric {metric!r} is not one of {task}'s: {', '.join(task_metrics)}")
                 if _blank(row.get("value")):
                     raise ValueError("no value")
                 value, pct = _number(row.get("value"), f"value of {metric}")
@@ -184,14 +185,15 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
                 for col, v in row.items():
                     m = col[5:] if col.startswith("test/") else col
                     if m in METRIC_RANGES and not _blank(v):
-                        if m not in known:
-                            raise ValueError(f"column {col!r}: {m} is not one of {task}'s metrics: {', '.join(known)}")
+                        if m not in task_metrics:
+                            raise ValueError(f"column {col!r}: {m} is not one of {task}'s metrics: "
+                                             f"{', '.join(task_metrics)}")
                         value, pct = _number(v, col)
                         scores.append((line, ident, m, value, pct))
                         found += 1
                 if not found:
                     raise ValueError(f"no score: a metric/value pair or a column named after one of {task}'s "
-                                     f"metrics ({', '.join(known)})")
+                                     f"metrics ({', '.join(task_metrics)})")
         except ValueError as err:
             errors.append(f"line {line}: {err}")
     _raise_first(path, errors)
@@ -266,14 +268,16 @@ def _record(key: str, ident: Mapping[str, Any], path: Path) -> dict[str, Any]:
 def _wandb_records(path: Path, raw: list[tuple[int, dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[str]]:
     from pl_petune.record_checks import check_complete
 
-    records, errors, skipped = [], [], 0
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    skipped = 0
     for line, row in raw:
         blob = row.get(WANDB_RECORD)
         if _blank(blob):
             skipped += 1
             continue
         try:
-            rec = json.loads(blob) if isinstance(blob, str) else blob
+            rec = cast("dict[str, Any]", json.loads(blob) if isinstance(blob, str) else blob)
             validate(rec)
             if rec["status"] != "complete":
                 skipped += 1

@@ -23,13 +23,21 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from pl_petune.arg_errors import ArgumentsError, CondensingParser, condense, petune_cause
-from pl_petune.data.module import TaskDataModule, check_data_files
 from pl_petune.callbacks._common import file_sha256
+from pl_petune.data.module import TaskDataModule, check_data_files
 from pl_petune.data.protocols import LEAKY
 from pl_petune.errors import ConfigError, PetuneError
 from pl_petune.faults import RunGuard, one_line
-from pl_petune.identity import (ALWAYS_IDENTITY, NON_IDENTITY, apply_protocol, hparams, identity, method_name,
-                                run_key_for, to_dict)
+from pl_petune.identity import (
+    ALWAYS_IDENTITY,
+    NON_IDENTITY,
+    apply_protocol,
+    hparams,
+    identity,
+    method_name,
+    run_key_for,
+    to_dict,
+)
 from pl_petune.methods import PetuneModule
 from pl_petune.record_build import log_record_to_wandb, summary_line
 from pl_petune.recorder import RunRecorder, discard_checkpoints
@@ -175,7 +183,7 @@ class PetuneCLI(LightningCLI):
         guard = _GUARD[0]
         kwargs["plugins"] = guard.trainer_plugins(self._get(self.config_init, "trainer", default={}).get("plugins"))
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(guard.interrupts)
+        trainer.callbacks.append(guard.interrupts)  # type: ignore[attr-defined]
         info = self._run_info
         if self.subcommand == "fit" and info is not None:
             cfg = self.config.fit
@@ -184,7 +192,7 @@ class PetuneCLI(LightningCLI):
                 name=cfg.run.name, run_key=info["key"], run_dir=str(info["dir"]), identity=info["identity"],
                 hparams=hparams(cfg), model_class=cfg.model.class_path,
                 seed_mode="tied" if cfg.run.seed is not None else "separate", resumed=info["resumed"])
-            trainer.callbacks.append(self.recorder)
+            trainer.callbacks.append(self.recorder)  # type: ignore[attr-defined]
         return trainer
 
     # ---- fit, then the one test pass with the best checkpoint -----------------------------------------
@@ -203,7 +211,7 @@ class PetuneCLI(LightningCLI):
         if trainer.interrupted:
             raise PetuneError("fit was interrupted; no test pass was run (rerun the same command to resume)")
         ckpt_cb = trainer.checkpoint_callback
-        if ckpt_cb is None or not ckpt_cb.best_model_path:
+        if ckpt_cb is None or not ckpt_cb.best_model_path:  # type: ignore[attr-defined]
             raise PetuneError(f"no best checkpoint was saved for monitor {getattr(ckpt_cb, 'monitor', None)!r}; "
                               "is it logged?")
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)

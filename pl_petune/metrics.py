@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 import torchmetrics
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
-from torchmetrics.classification import BinaryF1Score
+from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from pl_petune.tasks import TaskSpec
@@ -33,7 +32,7 @@ def build_metric(spec: TaskSpec, name: str) -> torchmetrics.Metric:
 class _BinaryF1(BinaryF1Score):
     """Binary F1 on class-index predictions (argmax of 2 logits)."""
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         super().update(preds.long(), target.long())
 
 

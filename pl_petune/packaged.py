@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from pl_petune.errors import ConfigError
 
@@ -110,7 +111,7 @@ def packaged_dir(kind: str) -> Path | None:
     return root if root.is_dir() else None
 
 
-def resolve_configs(argv: list[str] | tuple[str, ...]) -> list[str]:
+def resolve_configs(argv: Sequence[str]) -> list[str]:
     """Like :func:`resolve_config_args`, but a ``--config`` that names neither a file nor a packaged recipe is
     left as it is (for the sweep's parse check, which reports it in its own words)."""
     out = list(argv)

@@ -55,7 +55,7 @@ def _arguments(cls: type) -> list[str]:
     names = []
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
-            for name, param in inspect.signature(klass.__init__).parameters.items():
+            for name, param in inspect.signature(klass.__init__).parameters.items():  # type: ignore[misc]
                 if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
                     names.append(name)
         if klass.__name__ == "PetuneModule":
@@ -110,8 +110,8 @@ def _overrides(cls: type, pairs: list[str]) -> dict[str, Any]:
         if not sep:
             raise UsageError(f"--set {pair!r} is not KEY=VALUE")
         if key not in allowed:
-            raise UsageError(f"model.init_args.{key} ({key!r}): {cls.method_name} has no such argument; "
-                             f"allowed: {', '.join(allowed)}")
+            raise UsageError(f"model.init_args.{key} ({key!r}): {cls.method_name} "  # type: ignore[attr-defined]
+                             f"has no such argument; allowed: {', '.join(allowed)}")
         out[key] = yaml.safe_load(raw)
     return out
 

@@ -133,7 +133,8 @@ def check_precision(precision: Any, accelerator: Any) -> None:
 
 def check_accelerator(accelerator: Any, devices: Any = None) -> None:
     """A named accelerator must exist and be usable on this machine (Lightning says so only mid-setup)."""
-    if (_is_int(devices) and (devices == 0 or devices < -1)) or (isinstance(devices, str) and devices.strip() in ("0", "")):
+    if ((_is_int(devices) and (devices == 0 or devices < -1))
+            or (isinstance(devices, str) and devices.strip() in ("0", ""))):
         raise ConfigError(f"trainer.devices {devices!r} selects no device; use a number >= 1, -1 (all) or 'auto'")
     if not isinstance(accelerator, str) or accelerator == "auto":
         return
@@ -231,7 +232,7 @@ def position_limit(config: Any) -> Optional[int]:
     if not _is_int(n):
         return None
     if getattr(config, "model_type", "") in PADDING_OFFSET_POSITIONS:
-        n -= (getattr(config, "pad_token_id", 1) or 0) + 1
+        n -= (getattr(config, "pad_token_id", 1) or 0) + 1  # type: ignore[operator]
     return n
 
 

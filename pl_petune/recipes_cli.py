@@ -16,7 +16,7 @@ from pl_petune.packaged import packaged_names, recipes_root, resolve_config
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]  # one line, not argparse's usage dump
+    def error(self, message: str):  # one line, not argparse's usage dump
         raise ConfigError(message)
 
 

@@ -60,7 +60,8 @@ def check_score(metric: str, value: Any, where: str) -> float:
     if math.isinf(v) or not lo <= v <= hi:
         hint = ""
         if hi == 1.0 and lo * 100 <= v <= 100:
-            hint = f" ({v:g} looks like a percent: records hold fractions, so divide by 100, or import with --unit percent)"
+            hint = (f" ({v:g} looks like a percent: records hold fractions, so divide by 100, or import with "
+                    "--unit percent)")
         raise RecordError(f"{where} = {v:g} is outside {metric}'s range [{lo:g}, {hi:g}]{hint}")
     return v
 

@@ -92,7 +92,7 @@ class RunRecorder(Callback):
 
     # ---- identity of a plain-Lightning run ---------------------------------------------------------
     def _resolve(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]
         if dm is None or not hasattr(dm, "split_sizes") or not hasattr(pl_module, "parameter_report"):
             raise ConfigError("RunRecorder records pl_petune runs: fit a pl_petune method module with a "
                               "pl_petune.data.TaskDataModule (trainer.fit(model, datamodule=dm))")
@@ -110,12 +110,12 @@ class RunRecorder(Callback):
         if self.run_key is None:
             self.run_key = run_key(self.identity)
         if self.run_dir is None:
-            self.run_dir = Path(self.out_dir) / pl_module.spec.name / _method(pl_module) / self.run_key
+            self.run_dir = Path(self.out_dir) / pl_module.spec.name / _method(pl_module) / self.run_key  # type: ignore[operator, union-attr]
 
     def _extras(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """What the module and callbacks add to the record (``record_extra()``: stage plans, solvers, ...)."""
         extra: dict[str, Any] = {}
-        for obj in [pl_module, *trainer.callbacks]:
+        for obj in [pl_module, *trainer.callbacks]:  # type: ignore[attr-defined]
             fn = getattr(obj, "record_extra", None)
             if callable(fn):
                 extra.update(fn())
@@ -144,7 +144,7 @@ class RunRecorder(Callback):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._resolve(trainer, pl_module)
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]
         self._t0 = time.time()
         self._fit_ended = False
         self._store = Store(self.store_path or default_store_path())
@@ -155,7 +155,7 @@ class RunRecorder(Callback):
             backbone=pl_module.hparams.get("backbone"), protocol=dm.protocol, leaky=dm.leaky,
             init_seed=pl_module.hparams.get("init_seed"), data_seed=dm.data_seed, seed_mode=self.seed_mode,
             hparams=self.hparams, identity=self.identity or {}, monitor=getattr(ckpt, "monitor", None),
-            sizes=dm.split_sizes(), param_report=pl_module.parameter_report(), run_dir=str(self.run_dir),
+            sizes=dm.split_sizes(), param_report=pl_module.parameter_report(), run_dir=str(self.run_dir),  # type: ignore[operator]
             resumed=self.resumed, name=self.name, extra=self._extras(trainer, pl_module),
         ))
 
@@ -179,11 +179,11 @@ class RunRecorder(Callback):
         best = getattr(ckpt, "best_model_path", "")
         if not best:
             return
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]
         best_epoch = _checkpoint_epoch(best)
         record = complete_record(
             self.record, best_path=best, best_sha256=file_sha256(best),
-            best_score=float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+            best_score=float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,  # type: ignore[union-attr]
             best_epoch=best_epoch, dev_metrics=self.history.get(best_epoch, {}) if best_epoch is not None else {},
             test_metrics={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
             epochs=trainer.current_epoch, steps=trainer.global_step, wall_time_s=time.time() - self._t0,
@@ -266,8 +266,8 @@ def _stop(trainer: L.Trainer) -> dict[str, Any]:
     """The stop fields of a fit that just ended (see :func:`~pl_petune.record_build.stop_fields`)."""
     by_es = next(((_ES_REASONS[es.stopping_reason], es.stopped_epoch, es.stopping_reason_message)
                   for es in trainer.early_stopping_callbacks if es.stopping_reason in _ES_REASONS), None)
-    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
-    out_of_time = timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)  # type: ignore[attr-defined]
+    out_of_time = timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0  # type: ignore[operator]
     return stop_fields(by_es, trainer.current_epoch, trainer.max_epochs, trainer.global_step, trainer.max_steps,
                        out_of_time, trainer.should_stop)
 

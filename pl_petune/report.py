@@ -22,7 +22,16 @@ from pl_petune.cli import UsageError
 from pl_petune.records import atomic_write_text
 from pl_petune.stats.core import ALTERNATIVES, TESTS, observations
 from pl_petune.stats.tables import (
-    HEADLINES, Settings, analyze, table2, table3, table4, to_csv, to_latex, to_markdown, upper_bound,
+    HEADLINES,
+    Settings,
+    analyze,
+    table2,
+    table3,
+    table4,
+    to_csv,
+    to_latex,
+    to_markdown,
+    upper_bound,
 )
 
 FORMATS = ("md", "csv", "tex", "png", "svg", "pdf", "html")
@@ -94,10 +103,9 @@ def _filter(records: list[dict], field: str, wanted: list[str] | None) -> list[d
 def _read_records(stores: list[str] | None, wandb_paths: list[str] | None,
                   runs_dirs: list[str] | None = None) -> list[dict]:
     """Complete records of every source, one per run key (the latest wins: see wandb_source.merge_records)."""
+    from pl_petune.index import records_from_dirs
     from pl_petune.store import Store, StoreError, default_store_path
     from pl_petune.wandb_source import merge_records, records_from_wandb
-
-    from pl_petune.index import records_from_dirs
 
     if not stores and not wandb_paths and not runs_dirs:
         stores = [str(default_store_path())]
@@ -137,7 +145,8 @@ def _headlines(values: list[str]) -> dict[str, str]:
     for v in values:
         if "=" not in v:
             if v not in HEADLINES:
-                raise UsageError(f"--headline {v!r} is neither TASK=METRIC nor a preset; presets: {', '.join(HEADLINES)}")
+                raise UsageError(f"--headline {v!r} is neither TASK=METRIC nor a preset; "
+                                 f"presets: {', '.join(HEADLINES)}")
             out.update(HEADLINES[v])
         else:
             out.update(_pairs([v], "--headline"))
@@ -231,9 +240,9 @@ def main(argv: list[str]) -> int:
 
     from pl_petune.stats.ood import ood_table
 
-    grids = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
-             ood_table(records, ddof=args.ddof, digits=int(args.digits))]  # None unless runs declared data.ood
-    grids = [g for g in grids if g is not None]
+    drafted = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
+               ood_table(records, ddof=args.ddof, digits=int(args.digits))]  # None unless runs declared data.ood
+    grids = [g for g in drafted if g is not None]
     written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
     for grid in grids:

@@ -280,7 +280,8 @@ class Store:
                 for i in range(0, len(complete), 500):
                     chunk = complete[i:i + 500]
                     clash += [r[0] for r in db.execute(
-                        f"SELECT run_key FROM runs WHERE status='complete' AND run_key IN ({','.join('?' * len(chunk))})",
+                        "SELECT run_key FROM runs WHERE status='complete' AND run_key IN "
+                        f"({','.join('?' * len(chunk))})",
                         chunk)]
                 if clash:
                     raise StoreError(f"run {clash[0]!r} already has a complete record in {self.path}"
@@ -321,7 +322,8 @@ class Store:
     def rows(self) -> list[dict[str, Any]]:
         """One summary dict per run: run_key, status, attempts, owner, heartbeat, error, spec, updated_at."""
         cols = ("run_key", "status", "attempts", "owner", "heartbeat", "error", "spec", "updated_at")
-        return [dict(zip(cols, r)) for r in self._all(f"SELECT {', '.join(cols)} FROM runs ORDER BY updated_at, run_key")]
+        rows = self._all(f"SELECT {', '.join(cols)} FROM runs ORDER BY updated_at, run_key")
+        return [dict(zip(cols, r)) for r in rows]
 
     # ---- claims (sweep runners) -------------------------------------------------------------------
     def claim(self, key: str, max_attempts: int = 3, spec: Mapping[str, Any] | None = None,
@@ -393,7 +395,8 @@ class Store:
                 if row is None:
                     raise StoreError(f"run {key!r} is not in {self.path}; `petune runs` lists its run keys")
                 if row[0] == "running" and _owner_alive(row[1], row[2]):
-                    raise StoreError(f"run {key!r} is running (owner {row[1]}); forget it after it ends (or goes stale)")
+                    raise StoreError(f"run {key!r} is running (owner {row[1]}); forget it after it ends "
+                                     "(or goes stale)")
             db.executemany("DELETE FROM runs WHERE run_key=?", [(k,) for k in wanted])
         return wanted
 

@@ -78,7 +78,7 @@ class TaskSpec:
     n_train: int
     local: Mapping[str, Any]
     hub: tuple[str, str, Mapping[str, str]]
-    format: Callable[[Mapping[str, Any]], Any] = field(repr=False, compare=False, default=None)
+    format: Callable[[Mapping[str, Any]], Any] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     primary: str = ""
     num_choices: int = 0
     check: Callable[[Mapping[str, Any]], str | None] | None = field(repr=False, compare=False, default=None)

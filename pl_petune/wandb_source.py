@@ -13,7 +13,7 @@ key is kept, the latest by ``created_at``. Merging with stores follows the same 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from pl_petune.errors import PetuneError
 from pl_petune.record_checks import check_complete
@@ -26,7 +26,7 @@ class WandbSourceError(PetuneError):
     """W&B runs could not be read (no login, no network, a wrong path)."""
 
 
-def summary_value(record: dict[str, Any]) -> str:
+def summary_value(record: Mapping[str, Any]) -> str:
     """The summary entry ``petune fit`` logs: the record as compact, key-sorted JSON."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
 

@@ -152,7 +152,7 @@ class TaskDataModule(L.LightningDataModule):
                 "--run.allow_leaky_test true scores it anyway, marked leaky)")
         trainer = getattr(self, "trainer", None)
         running = trainer is not None and trainer.state.status == TrainerStatus.RUNNING
-        fn = trainer.state.fn if running else None
+        fn = trainer.state.fn if running else None  # type: ignore[union-attr]
         if fn == TrainerFn.FITTING:
             return head + " during fit" + hint
         if not self._fit_completed:

@@ -76,7 +76,7 @@ def stratified_split(labels: Sequence, fraction: float, seed: int, regression: b
         raise SplitError(f"split fraction {fraction!r} must be in (0, 1) (data.dev_fraction)")
     strat = _stratify_labels(labels, regression)
     n_held = math.ceil(fraction * n)
-    classes, counts = np.unique(strat, return_counts=True)
+    classes, counts = np.unique(strat, return_counts=True)  # type: ignore[call-overload]
     if n_held < len(classes) or n - n_held < len(classes) or counts.min() < 2:
         rare = classes[counts.argmin()].item()
         raise SplitError(

@@ -97,7 +97,8 @@ def _load_local(spec: TaskSpec, split: str, path: Path):
         raise DataError(f"{path}: cannot be read as {spec.benchmark} {path.suffix} ({msg})") from None
     if len(ds) == 0:
         raise DataError(f"{path}: no rows")
-    return _normalise(spec, ds, str(path), row_offset=2 if path.suffix == ".tsv" and "column_names" not in spec.local else 1)
+    return _normalise(spec, ds, str(path),
+                      row_offset=2 if path.suffix == ".tsv" and "column_names" not in spec.local else 1)
 
 
 def _check_jsonl(path: Path, spec: TaskSpec) -> None:
@@ -202,7 +203,8 @@ def _label_index(spec: TaskSpec, value: Any, where: str, row: int) -> Any:
         try:
             out = float(value)
         except (TypeError, ValueError):
-            raise DataError(f"{where}: row {row}: label {value!r} is not a number (task {spec.name} is regression)") from None
+            raise DataError(f"{where}: row {row}: label {value!r} is not a number "
+                            f"(task {spec.name} is regression)") from None
         if out != out:
             raise DataError(f"{where}: row {row}: label is NaN")
         return out

@@ -86,7 +86,7 @@ class ClassificationHead(nn.Module):
         else:
             self.net = nn.Sequential(nn.Linear(hidden, 2048), nn.ReLU(), nn.Linear(2048, num_outputs))
             for layer in (self.net[0], self.net[2]):
-                nn.init.normal_(layer.weight, std=0.005)
+                nn.init.normal_(layer.weight, std=0.005)  # type: ignore[arg-type]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
@@ -162,17 +162,17 @@ class PetuneModule(L.LightningModule):
         self,
         task: str = "cb",
         backbone: str = DEFAULT_BACKBONE,
-        lr: PositiveFloat = 2e-5,
-        weight_decay: NonNegativeFloat = 0.0,
-        warmup_ratio: Probability = 0.0,
-        adam_eps: PositiveFloat = 1e-8,
-        betas: tuple[Probability, Probability] = (0.9, 0.999),
+        lr: PositiveFloat = 2e-5,  # type: ignore[assignment]
+        weight_decay: NonNegativeFloat = 0.0,  # type: ignore[assignment]
+        warmup_ratio: Probability = 0.0,  # type: ignore[assignment]
+        adam_eps: PositiveFloat = 1e-8,  # type: ignore[assignment]
+        betas: tuple[Probability, Probability] = (0.9, 0.999),  # type: ignore[assignment]
         head: HeadKind = "mlp",
-        head_dropout: Probability = 0.1,
+        head_dropout: Probability = 0.1,  # type: ignore[assignment]
         binary_head: BinaryHead = "two_logits",
         hidden_dropout: Optional[Probability] = None,
         train_pooler: bool = False,
-        init_seed: Seed = 42,
+        init_seed: Seed = 42,  # type: ignore[assignment]
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -322,12 +322,13 @@ class PetuneModule(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters only (frozen ones get no optimizer state); no decay on biases and norms."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for n, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if n.endswith(".bias") or "LayerNorm" in n or "layer_norm" in n else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},  # type: ignore[attr-defined]
                   {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 

@@ -48,7 +48,7 @@ class CrossAttentionTuning(PetuneModule):
         config = self.backbone.config
         if not getattr(config, "is_encoder_decoder", False):
             raise ConfigError(f"cross_attention needs an encoder-decoder backbone (T5 family); "
-                              f"{self.hparams.backbone!r} is a {config.model_type!r} encoder; use e.g. t5-small")
+                              f"{self.hparams.backbone!r} is a {config.model_type!r} encoder; use e.g. t5-small")  # type: ignore[attr-defined]
 
     def select_trainable(self) -> set[str]:
         return resolve(self, CROSS_ATTENTION)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Union, cast
 
 import torch
 
@@ -204,8 +204,8 @@ def _field_defaults(cls: type) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             out[f.name] = _plain(f.default)
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = _plain(f.default_factory())  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default_factory())
     return out
 
 
@@ -258,7 +258,6 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
                           f"got {type(value).__name__}")
     args.pop("peft_type", None)
     ptype = _peft_type(cls)
-    defaults = _field_defaults(cls)
     if args.get("inference_mode"):
         raise ConfigError("peft.inference_mode true would freeze the adapter (nothing would train); the bridge sets "
                           "it: leave it out")
@@ -357,7 +356,7 @@ class Peft(PetLayerMethod):
         if isinstance(peft, dict) or peft is None:
             peft = dict(peft or {})
         else:  # a config object (class_path in a recipe): the saved hyper-parameter is its plain form
-            peft = dict(self._peft)
+            peft = dict(self._peft)  # type: ignore[arg-type]
         super().__init__(**kwargs)
 
     # ---- building ---------------------------------------------------------------------------------------
@@ -370,7 +369,8 @@ class Peft(PetLayerMethod):
 
         config = self.peft_config()
         mtype = getattr(self.backbone.config, "model_type", "")
-        if getattr(config, "target_modules", "unset") is None and self.tuner is not None and mtype in self.tuner.targets:
+        if (getattr(config, "target_modules", "unset") is None and self.tuner is not None
+                and mtype in self.tuner.targets):
             config.target_modules = set(self.tuner.targets[mtype])
         if getattr(config, "exclude_modules", "unset") is None and hasattr(self.backbone, "pooler"):
             config.exclude_modules = ["pooler.dense"]  # the head never reads the pooler: no dead adapter on it
@@ -388,7 +388,7 @@ class Peft(PetLayerMethod):
             where = f" with target_modules {sorted(targets) if isinstance(targets, set) else targets!r}" \
                 if targets is not None else ""
             raise ConfigError(f"method {self.method_name!r} (peft.{type(config).__name__}){where} on backbone "
-                              f"{self.hparams.backbone!r} ({mtype}): {str(err).splitlines()[0]}") from None
+                              f"{self.hparams.backbone!r} ({mtype}): {str(err).splitlines()[0]}") from None  # type: ignore[attr-defined]
         # Some inits (PiSSA, OLoRA, ...) rewrite or replace pretrained tensors: unloading would not give them back.
         after = _fingerprints(self.backbone)
         self._rewrote_pretrained = any(after.get(i) != v for i, v in before.items())
@@ -427,8 +427,8 @@ class Peft(PetLayerMethod):
         batch, n = input_ids.shape[0], config.num_virtual_tokens
         ones = attention_mask.new_ones(batch, n)
         if "token_type_ids" in kwargs:
-            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones), token_type_ids], 1) \
-                if config.peft_type.value != "PREFIX_TUNING" else token_type_ids
+            kwargs["token_type_ids"] = (torch.cat([torch.zeros_like(ones), cast(torch.Tensor, token_type_ids)], 1)
+                                        if config.peft_type.value != "PREFIX_TUNING" else token_type_ids)
         base = model.get_base_model()
         if config.peft_type.value == "PREFIX_TUNING":
             out = base(input_ids=input_ids, attention_mask=torch.cat([ones, attention_mask], 1),
@@ -506,8 +506,8 @@ class Peft(PetLayerMethod):
         """
         if self._rewrote_pretrained:
             raise ConfigError(f"method {self.method_name!r} rewrites the pretrained weights at init; its layers "
-                              "cannot be dropped for a head warm start, which needs them as loaded (use e.g. peft_lora, "
-                              "dora, rslora)")
+                              "cannot be dropped for a head warm start, which needs them as loaded (use e.g. "
+                              "peft_lora, dora, rslora)")
         model = self.backbone
         plain = model.get_base_model() if self._prompt_learning else model.unload()
         plain.requires_grad_(False)
@@ -519,7 +519,7 @@ class Peft(PetLayerMethod):
         self.backbone.save_pretrained(out_dir, selected_adapters=[ADAPTER])
 
     def record_extra(self) -> dict[str, Any]:
-        return {"pet_library": "peft", "peft_config": dict(self._peft)}
+        return {"pet_library": "peft", "peft_config": dict(self._peft)}  # type: ignore[arg-type]
 
 
 def _fingerprints(module: torch.nn.Module) -> dict[int, tuple[float, float]]:

@@ -17,7 +17,6 @@ Every class here keeps the common contract for warm-start callbacks (EH-FT's sta
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, Optional
 
 import torch
@@ -93,8 +92,8 @@ class _AdapterHubMethod(PetLayerMethod):
 
         state = self.backbone.state_dict()
         # mid-fit (EH-FT's stage switch): whatever building the model draws must not move the dropout stream
-        with seeded(self.hparams.init_seed):
-            plain = load_backbone(self.hparams.backbone, self.hparams.hidden_dropout)
+        with seeded(self.hparams.init_seed):  # type: ignore[attr-defined]
+            plain = load_backbone(self.hparams.backbone, self.hparams.hidden_dropout)  # type: ignore[attr-defined]
         plain.load_state_dict({k: state[k] for k in plain.state_dict()})
         plain.requires_grad_(False)
         plain.train(self.backbone.training)
@@ -122,7 +121,7 @@ class Adapter(_AdapterHubMethod):
     VARIANTS = ("pfeiffer", "houlsby")
     INITS = {"identity": "mam_adapter", "bert": "bert", "houlsby": "houlsby"}
 
-    def __init__(self, variant: Literal["pfeiffer", "houlsby"] = "pfeiffer", reduction_factor: PositiveInt = 16,
+    def __init__(self, variant: Literal["pfeiffer", "houlsby"] = "pfeiffer", reduction_factor: PositiveInt = 16,  # type: ignore[assignment]
                  non_linearity: Optional[NonLinearity] = None,
                  init: Literal["identity", "bert", "houlsby"] = "identity", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -157,8 +156,8 @@ class PrefixTuning(_AdapterHubMethod):
         **kwargs: the base module's arguments.
     """
 
-    def __init__(self, prefix_length: PositiveInt = 8, reparametrize: bool = False, bottleneck_size: PositiveInt = 512,
-                 prefix_dropout: Probability = 0.1, prefix_init_std: Optional[PositiveFloat] = None,
+    def __init__(self, prefix_length: PositiveInt = 8, reparametrize: bool = False, bottleneck_size: PositiveInt = 512,  # type: ignore[assignment]
+                 prefix_dropout: Probability = 0.1, prefix_init_std: Optional[PositiveFloat] = None,  # type: ignore[assignment]
                  **kwargs: Any) -> None:
         if prefix_init_std is not None and reparametrize:
             raise ConfigError(f"prefix_init_std {prefix_init_std} applies to the flat prefix only; with "
@@ -193,7 +192,7 @@ class PromptTuning(_AdapterHubMethod):
         **kwargs: the base module's arguments.
     """
 
-    def __init__(self, prompt_length: PositiveInt = 20, **kwargs: Any) -> None:
+    def __init__(self, prompt_length: PositiveInt = 20, **kwargs: Any) -> None:  # type: ignore[assignment]
         super().__init__(**kwargs)
 
     def adapter_config(self):
@@ -262,7 +261,7 @@ class LoRA(PetLayerMethod):
 
     pet_library = "peft"
 
-    def __init__(self, r: PositiveInt = 8, alpha: PositiveFloat = 16.0, dropout: Probability = 0.0,
+    def __init__(self, r: PositiveInt = 8, alpha: PositiveFloat = 16.0, dropout: Probability = 0.0,  # type: ignore[assignment]
                  targets: list[LoraTarget] = ["q", "v"], **kwargs: Any) -> None:
         bad = [t for t in targets if t not in LORA_TARGETS]
         if bad or not targets:
@@ -273,14 +272,14 @@ class LoRA(PetLayerMethod):
         from peft import LoraConfig, inject_adapter_in_model
 
         hp = self.hparams
-        pattern = r".*(?:" + "|".join(LORA_TARGETS[t] for t in hp.targets) + r")$"
-        config = LoraConfig(r=hp.r, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=pattern,
+        pattern = r".*(?:" + "|".join(LORA_TARGETS[t] for t in hp.targets) + r")$"  # type: ignore[attr-defined]
+        config = LoraConfig(r=hp.r, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=pattern,  # type: ignore[attr-defined]
                             bias="none")
         try:
             inject_adapter_in_model(config, self.backbone, adapter_name="default")
         except ValueError as err:
-            raise ConfigError(f"LoRA targets {list(hp.targets)!r} match no layer of backbone "
-                              f"{self.hparams.backbone!r}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"LoRA targets {list(hp.targets)!r} match no layer of backbone "  # type: ignore[attr-defined]
+                              f"{self.hparams.backbone!r}: {str(err).splitlines()[0]}") from None  # type: ignore[attr-defined]
 
     def _lora_layers(self):
         from peft.tuners.lora import LoraLayer

@@ -60,7 +60,7 @@ class BitFit(PetuneModule):
         super().__init__(**kwargs)
 
     def select_trainable(self) -> set[str]:
-        if self.hparams.variant == "all":
+        if self.hparams.variant == "all":  # type: ignore[attr-defined]
             return resolve(self, r"^backbone\.", bias_only=True)
         return resolve(self, EHFT_BIASES)
 
@@ -117,9 +117,9 @@ class LayerNormTuning(PetuneModule):
     def select_trainable(self) -> set[str]:
         hp = self.hparams
         try:
-            return resolve(self, *LN_VARIANTS[hp.variant], layers=hp.layers)
+            return resolve(self, *LN_VARIANTS[hp.variant], layers=hp.layers)  # type: ignore[attr-defined]
         except ValueError as err:
-            raise ConfigError(f"layernorm layers {hp.layers!r}: {err}") from None
+            raise ConfigError(f"layernorm layers {hp.layers!r}: {err}") from None  # type: ignore[attr-defined]
 
 
 @register_method("topk")
@@ -131,11 +131,11 @@ class TopK(PetuneModule):
         **kwargs: the base module's arguments.
     """
 
-    def __init__(self, k: PositiveInt = 3, **kwargs: Any) -> None:
+    def __init__(self, k: PositiveInt = 3, **kwargs: Any) -> None:  # type: ignore[assignment]
         super().__init__(**kwargs)
 
     def select_trainable(self) -> set[str]:
-        k, n = self.hparams.k, self.backbone.config.num_hidden_layers
+        k, n = self.hparams.k, self.backbone.config.num_hidden_layers  # type: ignore[attr-defined]
         if k > n:
             raise ConfigError(f"topk k={k} exceeds the backbone's {n} layers; allowed: 1..{n}")
         return resolve(self, LAYER, layers=list(range(n - k, n)))
@@ -213,23 +213,23 @@ class RandomSubset(PetuneModule):
         super().__init__(**kwargs)
 
     def _pool(self) -> list[tuple[str, torch.nn.Parameter]]:
-        keep = (lambda n: not n.startswith("pooler.")) if self.hparams.draw_from == "backbone" else \
-            (lambda n: n.startswith("encoder.layer."))
+        keep = ((lambda n: not n.startswith("pooler.")) if self.hparams.draw_from == "backbone"  # type: ignore[attr-defined]
+                else (lambda n: n.startswith("encoder.layer.")))
         pool = [(n, p) for n, p in self.backbone.named_parameters() if keep(n)]
         if not pool:
-            raise ConfigError(f"random draw_from {self.hparams.draw_from!r}: the backbone has no such parameters")
+            raise ConfigError(f"random draw_from {self.hparams.draw_from!r}: the backbone has no such parameters")  # type: ignore[attr-defined]
         return pool
 
     def configure_method(self) -> None:
         pool = self._pool()
         total = sum(p.numel() for _, p in pool)
-        size = self.hparams.size
+        size = self.hparams.size  # type: ignore[attr-defined]
         if size is None:
             norms = resolve(self, *LN_VARIANTS["all"], head=False)
             size = sum(p.numel() for n, p in self.named_parameters() if n in norms)
         if size > total:
             raise ConfigError(f"random size {size} exceeds the {total} backbone entries it draws from "
-                              f"(draw_from {self.hparams.draw_from}); allowed: 1..{total}")
+                              f"(draw_from {self.hparams.draw_from}); allowed: 1..{total}")  # type: ignore[attr-defined]
         chosen = _sample_without_replacement(total, size)
         self._entry_index: dict[str, torch.Tensor] = {}
         start = 0
@@ -281,7 +281,7 @@ class RandomSubset(PetuneModule):
         """Nominal and effective entry counts (the effective one is known once training has run)."""
         nominal = sum(len(i) for i in self._entry_index.values())
         embedded = sum(len(i) for n, i in self._entry_index.items() if n.startswith("backbone.embeddings."))
-        return {"random_draw_from": self.hparams.draw_from, "random_entries_nominal": nominal,
+        return {"random_draw_from": self.hparams.draw_from, "random_entries_nominal": nominal,  # type: ignore[attr-defined]
                 "random_entries_in_embeddings": embedded, "random_entries_effective": self.effective_entries()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -6,8 +6,18 @@ Parameter-Efficient Tuning" (Chen et al., EMNLP 2022) and renders Markdown, CSV 
 """
 
 from pl_petune.stats.core import (
-    Column, Comparison, Obs, band_average, classify_seeds, compare, decide, holm, observations,
-    relative_upper_bound, seed_series, summarize,
+    Column,
+    Comparison,
+    Obs,
+    band_average,
+    classify_seeds,
+    compare,
+    decide,
+    holm,
+    observations,
+    relative_upper_bound,
+    seed_series,
+    summarize,
 )
 
 __all__ = ["Column", "Comparison", "Obs", "band_average", "classify_seeds", "compare", "decide", "holm",

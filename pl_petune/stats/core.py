@@ -251,7 +251,7 @@ class Comparison:
         """The p-value a decision reads: the smaller one-sided p, or the two-sided p."""
         if not self.tested:
             return None
-        return min(self.p_better, self.p_worse) if alternative == "one-sided" else self.p_two
+        return min(self.p_better, self.p_worse) if alternative == "one-sided" else self.p_two  # type: ignore[type-var]
 
 
 def _alt(better: bool, higher_is_better: bool) -> str:
@@ -372,7 +372,7 @@ def decide(comparison: Comparison, alpha: float = 0.05, alternative: str = "one-
     if p is None or not p < alpha:
         return 0
     if alternative == "one-sided" or comparison.p_better != comparison.p_worse:
-        return 1 if comparison.p_better < comparison.p_worse else -1
+        return 1 if comparison.p_better < comparison.p_worse else -1  # type: ignore[operator]
     return 0
 
 
@@ -389,8 +389,8 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     m = len(idx)
     out: list[float | None] = [None] * len(pvalues)
     running = 0.0
-    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):  # type: ignore[arg-type, return-value]
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))  # type: ignore[operator]
         out[i] = running
     return out
 

@@ -16,8 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from pl_petune.stats.core import (
-    ALTERNATIVES, REGIMES, TESTS, BandAverage, Column, Comparison, Obs, band_average, best, compare, decide,
-    holm, main_series, relative_upper_bound, seed_series, summarize,
+    ALTERNATIVES,
+    REGIMES,
+    TESTS,
+    BandAverage,
+    Column,
+    Comparison,
+    Obs,
+    band_average,
+    best,
+    compare,
+    decide,
+    holm,
+    main_series,
+    relative_upper_bound,
+    seed_series,
+    summarize,
 )
 
 BANDS = ("low", "medium", "high")
@@ -222,7 +236,7 @@ def analyze(obs: Sequence[Obs], settings: Settings = Settings()) -> Analysis:
             size[o.task] = max(size.get(o.task, 0), o.train_size)
     band_rank = {b: i for i, b in enumerate(BANDS)}
     # the official train size orders tasks (as it decides the band), not a run's subsample of it
-    tasks = sorted(band_of, key=lambda t: (band_rank.get(band_of[t], len(BANDS)),
+    tasks = sorted(band_of, key=lambda t: (band_rank.get(band_of[t], len(BANDS)),  # type: ignore[arg-type]
                                            _registry_size(t) if t in _registry() else size.get(t, math.inf), t))
     order = {name: i for i, name in enumerate(settings.order)}
     columns = sorted({c for _, c in raw},
@@ -254,7 +268,8 @@ def analyze(obs: Sequence[Obs], settings: Settings = Settings()) -> Analysis:
     for (task, col) in a.cells:
         base = a.baseline_of[col]
         if base is not None and (task, base) in a.cells:
-            a.comparisons[(task, col)] = compare(scores((task, col)), scores((task, base)), a.higher[task], settings.test)
+            a.comparisons[(task, col)] = compare(scores((task, col)), scores((task, base)), a.higher[task],
+                                                 settings.test)
 
     # band rows: plain mean of task means; the test compares per-seed band averages on shared tasks
     groups = {b: [t for t in tasks if band_of[t] == b] for b in (*BANDS, None)}
@@ -283,10 +298,10 @@ def analyze(obs: Sequence[Obs], settings: Settings = Settings()) -> Analysis:
                                                    t_ if settings.paired else list(t_.values()),
                                                    a.higher[shared[0]], settings.test)
     for comps, verdicts in ((a.comparisons, a.verdicts), (a.band_comparisons, a.band_verdicts)):
-        keys = list(comps)
-        adjusted = holm([comps[k].p(settings.alternative) for k in keys]) if settings.holm else [None] * len(keys)
+        keys = list(comps)  # type: ignore[arg-type]
+        adjusted = holm([comps[k].p(settings.alternative) for k in keys]) if settings.holm else [None] * len(keys)  # type: ignore[index]
         for k, p_adj in zip(keys, adjusted):
-            verdicts[k] = decide(comps[k], settings.alpha, settings.alternative, p_adj)
+            verdicts[k] = decide(comps[k], settings.alpha, settings.alternative, p_adj)  # type: ignore[index]
     return a
 
 
@@ -593,7 +608,7 @@ def upper_bound(a: Analysis) -> Grid:
         row: list[Any] = [a.task_label(t)]
         for c in cols:
             base = a.baseline_of[c]
-            mine, theirs = a.cells.get((t, c)), a.cells.get((t, base))
+            mine, theirs = a.cells.get((t, c)), a.cells.get((t, base))  # type: ignore[arg-type]
             if not mine or not theirs:
                 row.append("–")
                 continue

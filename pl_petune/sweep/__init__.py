@@ -21,12 +21,25 @@ from typing import Any
 
 from pl_petune.sweep.command import check_command_order, command_args, fit_argv, render_command
 from pl_petune.sweep.expand import MAX_RUNS, covering, expand, grid_size
-from pl_petune.sweep.plan import (FitParser, PlannedRun, check_metric, logged_metrics, parse_shard, plan, save_plan,
-                                  seed_major, shard, sweep_name)
+from pl_petune.sweep.plan import (
+    FitParser,
+    PlannedRun,
+    check_metric,
+    logged_metrics,
+    parse_shard,
+    plan,
+    save_plan,
+    seed_major,
+    shard,
+    sweep_name,
+)
 from pl_petune.sweep.runner import Outcome, Runner
 from pl_petune.sweep.spec import Param, SweepError, online_only, parse_parameters, validate_sweep
-from pl_petune.sweep.files import load_sweep, sweep_path
+
+# isort: split
+# spec must be fully imported before files and cli: it re-exports files' readers at its end (a cycle otherwise).
 from pl_petune.sweep.cli import build_parser, main
+from pl_petune.sweep.files import load_sweep, sweep_path
 
 
 def __getattr__(name: str) -> Any:
@@ -39,6 +52,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["SweepError", "Param", "parse_parameters", "expand", "covering", "grid_size", "MAX_RUNS", "command_args",
-           "render_command", "fit_argv", "check_command_order", "load_sweep", "sweep_path", "validate_sweep", "online_only",
+           "render_command", "fit_argv", "check_command_order", "load_sweep", "sweep_path", "validate_sweep",
+           "online_only",
            "check_metric", "logged_metrics", "FitParser", "PlannedRun", "plan", "save_plan", "seed_major", "shard",
            "parse_shard", "sweep_name", "Runner", "Outcome", "build_parser", "main", "runs_main", "runs_table"]

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
-from pl_petune.sweep.plan import PlannedRun, _short, parse_shard, plan, save_plan, seed_major, shard, sweep_name
 from pl_petune.sweep.files import load_sweep, sweep_path
+from pl_petune.sweep.plan import PlannedRun, _short, parse_shard, plan, save_plan, seed_major, shard, sweep_name
 from pl_petune.sweep.spec import SweepError, online_only
 
 
@@ -189,7 +189,8 @@ def _run_here(ordered: list[PlannedRun], store: Path, folder: Path, name: str, w
     out = runner.run()
     complete = sum(1 for r in ordered if runner.store.status(r.key) == "complete")
     print(f"petune sweep: {name}{part}: {complete}/{len(ordered)} complete; this invocation ran {len(out.complete)}, "
-          f"{len(out.failed)} failed" + (", interrupted (rerun the same command to continue)" if out.interrupted else ""),
+          f"{len(out.failed)} failed"
+          + (", interrupted (rerun the same command to continue)" if out.interrupted else ""),
           file=sys.stderr)
     if out.interrupted:
         return 130

@@ -85,7 +85,7 @@ def _packaged_sweep(name: str) -> Optional[Path]:
     root = packaged_dir("sweeps")
     rel = name[len("sweeps/"):] if name.startswith("sweeps/") else name
     for candidate in ((root / rel, root / f"{rel}.yaml") if root is not None and rel else ()):
-        if candidate.resolve().is_file() and root.resolve() in candidate.resolve().parents:
+        if candidate.resolve().is_file() and root.resolve() in candidate.resolve().parents:  # type: ignore[union-attr]
             return candidate
     return None
 

@@ -134,7 +134,8 @@ def plan(sweep: Mapping[str, Any], count: Optional[int] = None, seed: int = 0, w
         SweepError: naming the first bad run (index and parameters) and why.
     """
     from pl_petune.errors import PetuneError
-    from pl_petune.identity import method_name as _method_name, run_key_for
+    from pl_petune.identity import method_name as _method_name
+    from pl_petune.identity import run_key_for
     from pl_petune.tasks import get_task
 
     parser = parser or FitParser()
