@@ -30,9 +30,11 @@ test: setup
 lint: setup
 	$(BIN)/ruff check pl_petune callbacks && $(BIN)/mypy pl_petune callbacks
 
-# Slow, CPU-only checks CI also runs: SIGKILL-and-resume, a full parse of every run of every sweep file.
+# Slow, CPU-only checks CI also runs: SIGKILL/SIGTERM-and-resume, disk full, run locks, a full parse of every
+# run of every sweep file, the real one-host SLURM, the callbacks installed alone in a fresh venv (a test file
+# stays on one worker: --dist loadfile).
 test-slow: setup
-	$(BIN)/python -m pytest -q -rs -m slow --ignore=tests/methods tests
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile -m slow --ignore=tests/methods tests
 
 # Every method recipe trained on the real MiniLM and CB (about 3 minutes each on 2 cores; not in CI).
 test-real: setup
