@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -97,32 +96,15 @@ def render(fig: Figure, fmt: str) -> bytes:
 
 def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write ``data`` to ``path`` so a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a figure is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from pl_petune.records import atomic_write_bytes
+
+    return atomic_write_bytes(path, data)
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix), atomically."""
     path = Path(path)
     return write_bytes(render(fig, path.suffix.lstrip(".")), path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _metadata(suffix: str) -> dict[str, Any]:

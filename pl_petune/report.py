@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -275,10 +274,6 @@ def main(argv: list[str]) -> int:
             atomic_write_text(out / "study.html", study_page(analysis, grids, records, page_figs, out))
             written.append(out / "study.html")
         figures.close_all(drawn)
-    from pl_petune.figures import _umask
-
-    for path in written:  # atomic_write_text's mkstemp leaves 0600; reports are shared files
-        os.chmod(path, 0o666 & ~_umask())
     print(to_markdown(grids[0]))
     if skipped:
         print(f"petune report: no figure {', '.join(skipped)} (nothing to draw: " +
