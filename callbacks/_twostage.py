@@ -184,7 +184,8 @@ def record(cb: Any) -> dict[str, Any]:
         "solver": cb.solver,
         "stage_plan": {
             "stage1": {"epochs": cb._stage1_epochs, "lr": cb.stage1_lr, "warmup_ratio": cb.warmup_ratio,
-                       "trainable": len(cb._stage1_names), "train_pet": cb.train_pet,
+                       "trainable": cb._stage1_count if cb._stage1_count is not None else len(cb._stage1_names),
+                       "train_pet": cb.train_pet,
                        "extra": cb.stage1_params.describe() if cb.stage1_params else None},
             "stage2": {"epochs": cb._max_epochs - cb._stage1_epochs, "lr": cb.stage2_lr,
                        "warmup_ratio": cb.warmup_ratio,

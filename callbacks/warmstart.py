@@ -174,6 +174,7 @@ class HeadWarmStart(Callback):
         self._changeable: list[str] = []  # those stage 1 may change (checkpointed while in stage 1)
         self._pet: list[str] = []
         self._stage1_names: list[str] = []
+        self._stage1_count: Optional[int] = None  # kept in the checkpoint: a run resumed in stage 2 records it too
         self._stage2_default: Optional[list[str]] = None
         self._parts_after_drop: Optional[tuple[nn.Module, nn.Module]] = None
         self._resume: Optional[dict[str, Any]] = None
@@ -267,7 +268,8 @@ class HeadWarmStart(Callback):
         state: dict[str, Any] = {"stage": self._stage, "stage1_epochs": self._stage1_epochs,
                                  "max_epochs": self._max_epochs, "switch_epoch": self._switch_epoch,
                                  "lbfgs": dict(self._lbfgs), "head_sha256": self._head_sha,
-                                 "head_bias_seed": self._head_bias_seed_used, "stage1_best": self._stage1_best}
+                                 "head_bias_seed": self._head_bias_seed_used, "stage1_best": self._stage1_best,
+                                 "stage1_trainable": self._stage1_count}
         if self._stage == 1:
             state["pretrained_volatile"] = {n: self._pretrained[n] for n in self._changeable}
         return state
@@ -286,6 +288,7 @@ class HeadWarmStart(Callback):
                                  f"are a stage-{1 + dropped} tree (with{'out' if dropped else ''} the PET layers); "
                                  "the checkpoint was edited or mixed up")
         self._stage = 2 if state["stage"] == 2 else self._stage
+        self._stage1_count = state.get("stage1_trainable", self._stage1_count)
         if trainer.state.fn != TrainerFn.FITTING:
             return
         if self._fresh_states is None:
@@ -330,6 +333,7 @@ class HeadWarmStart(Callback):
             pet = self._pet if (self.train_pet and self.solver == "adamw") else []
             chosen = set(head_names) | set(pet) | (set(extra) if self.solver == "adamw" else set())
             self._stage1_names = [n for n in names if n in chosen]
+            self._stage1_count = len(self._stage1_names)
             # the pretrained backbone: after the module's setup()/configure_model(), before any step
             tensors = {bb_prefix + k: v for k, v in [*backbone.named_parameters(), *backbone.named_buffers()]}
             self._pretrained = {n: v.detach().to("cpu", copy=True) for n, v in tensors.items()}
