@@ -78,21 +78,27 @@ def resolve_config(value: str) -> str:
                       + ", ".join(close) + " (petune recipes list shows all)")
 
 
-def resolve_config_args(argv: list[str]) -> list[str]:
-    """``argv`` with every ``--config X`` / ``--config=X`` naming a packaged recipe replaced by its path."""
-    out: list[str] = []
-    take = False
-    for arg in argv:
-        if take:
-            out.append(resolve_config(arg))
-            take = False
-        elif arg == "--config":
-            out.append(arg)
-            take = True
-        elif arg.startswith("--config="):
-            out.append("--config=" + resolve_config(arg.split("=", 1)[1]))
-        else:
-            out.append(arg)
+def resolve_config_args(argv: Sequence[str], strict: bool = True) -> list[str]:
+    """``argv`` with every ``--config X`` / ``--config=X`` naming a packaged recipe replaced by its path.
+
+    Args:
+        strict: a ``--config`` that names neither a file nor a packaged recipe raises :class:`ConfigError`;
+            with False it is left as it is (the sweep's parse check reports it in its own words).
+    """
+    def one(value: str) -> str:
+        if strict:
+            return resolve_config(value)
+        if Path(value).is_file() or "\n" in value or value.startswith(("-", "{")):
+            return value
+        found = packaged_recipe(value)
+        return str(found) if found is not None else value
+
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == "--config" and i + 1 < len(out):
+            out[i + 1] = one(out[i + 1])
+        elif token.startswith("--config="):
+            out[i] = "--config=" + one(token.split("=", 1)[1])
     return out
 
 
@@ -112,18 +118,5 @@ def packaged_dir(kind: str) -> Path | None:
 
 
 def resolve_configs(argv: Sequence[str]) -> list[str]:
-    """Like :func:`resolve_config_args`, but a ``--config`` that names neither a file nor a packaged recipe is
-    left as it is (for the sweep's parse check, which reports it in its own words)."""
-    out = list(argv)
-    for i, token in enumerate(out):
-        if token == "--config" and i + 1 < len(out):
-            j, value, prefix = i + 1, out[i + 1], ""
-        elif token.startswith("--config="):
-            j, value, prefix = i, token.split("=", 1)[1], "--config="
-        else:
-            continue
-        if not Path(value).is_file() and "\n" not in value and not value.startswith(("-", "{")):
-            found = packaged_recipe(value)
-            if found is not None:
-                out[j] = prefix + str(found)
-    return out
+    """:func:`resolve_config_args` without refusing: unknown names are left for the caller to report."""
+    return resolve_config_args(argv, strict=False)
