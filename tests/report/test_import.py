@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
 from stats_records import make_record
+
 from pl_petune.cli import main as cli_main
 from pl_petune.store import Store
 
@@ -179,6 +181,7 @@ def test_import_into_a_read_only_store_is_one_line(tmp_path, capsys):
         os.chmod(root / "s.sqlite", 0o444)
         os.chmod(root / "scores.csv", 0o444)
         os.chmod(root, 0o555)
+        _skip_unless_nobody_can_run_petune()
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "pl_petune",
                "import", str(root / "scores.csv"), "--unit", "percent", "--store", str(root / "s.sqlite")]
         store = root / "s.sqlite"
@@ -187,3 +190,13 @@ def test_import_into_a_read_only_store_is_one_line(tmp_path, capsys):
                           env={**os.environ, "MPLCONFIGDIR": str(tmp_path)})
     assert proc.returncode == 2 and "cannot be written" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert store.read_bytes() == before
+
+
+def _skip_unless_nobody_can_run_petune() -> None:
+    """The read-only case runs as user nobody; a checkout under a private folder (mode 0700) is unreadable to
+    it, and then the test cannot run: say so instead of failing on the import."""
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                            "import pl_petune"], capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        pytest.skip("user nobody cannot import pl_petune from this checkout (a parent folder is private): "
+                    + probe.stderr.strip().splitlines()[-1][:200])
