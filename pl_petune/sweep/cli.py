@@ -190,8 +190,11 @@ def _run_here(ordered: list[PlannedRun], store: Path, folder: Path, name: str, w
     complete = sum(1 for r in ordered if runner.store.status(r.key) == "complete")
     print(f"petune sweep: {name}{part}: {complete}/{len(ordered)} complete; this invocation ran {len(out.complete)}, "
           f"{len(out.failed)} failed"
-          + (", interrupted (rerun the same command to continue)" if out.interrupted else ""),
+          + (", interrupted (rerun the same command to continue)" if out.interrupted else "")
+          + (f", stopped: {out.aborted} (fix that, then rerun the same command)" if out.aborted else ""),
           file=sys.stderr)
+    if out.aborted:
+        return 1
     if out.interrupted:
         return 130
     return 0 if complete == len(ordered) else 1

@@ -38,6 +38,7 @@ class Outcome:
     failed: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
+    aborted: Optional[str] = None
 
 
 Launcher = Callable[[list[str], dict[str, str], Path], "subprocess.Popen"]
@@ -173,7 +174,7 @@ class Runner:
                 signal.signal(s, h)
             if self._bar is not None:
                 self._bar.close()
-        self.outcome.interrupted = self._stop.is_set()
+        self.outcome.interrupted = self._stop.is_set() and self.outcome.aborted is None
         return self.outcome
 
     def _heartbeat(self) -> None:
@@ -237,9 +238,29 @@ class Runner:
                 continue
             try:
                 self._launch(run, device)
+            except Exception as err:  # noqa: BLE001 - any fault here is the machine's, not the run's
+                self._abort(run, err)
+                return
             finally:
                 if run.run_dir:
                     claims.release(run.run_dir, self.owner)
+
+    def _abort(self, run: PlannedRun, err: BaseException) -> None:
+        """A run could not even be started or accounted (no ``/dev/null``, no process slots, a broken store).
+
+        That is the machine's fault, so the run gets its claim back without spending an attempt, no further run
+        starts (they would all fail the same way and burn their retries), and the runs in flight finish.
+        """
+        reason = f"run {run.index} [{run.key}] could not be started: {type(err).__name__}: {err}"
+        try:
+            self.store.release(run.key)
+        except Exception as again:  # noqa: BLE001 - the store may be what broke; say so, keep the first reason
+            reason += f" (and its claim could not be given back: {again})"
+        with self._lock:
+            if self.outcome.aborted is None:
+                self.outcome.aborted = reason
+        self._stop.set()
+        self._say(f"petune sweep: {reason}; starting no more runs (the runs in flight finish)")
 
     def _skipped(self, run: PlannedRun, why: Optional[str] = None) -> None:
         if why is None:

@@ -117,6 +117,29 @@ def test_an_interrupted_run_spends_no_attempt_and_resumes_on_the_next_sweep(tmp_
     assert out.complete == [runs[0].key] and len(Store(store).records()) == 2
 
 
+def test_a_run_that_cannot_be_started_stops_the_sweep_without_spending_attempts(tmp_path, fake_env, monkeypatch):
+    """A machine fault at process start (here: the interpreter is gone; in the field: /dev/null replaced) used
+    to kill one worker thread with a traceback while the others went on, so the sweep ran on at half speed and
+    said nothing. Now the run gets its claim back, no further run starts, the sweep says why and exits 1, and a
+    rerun after the fix completes everything with no attempt spent."""
+    store = tmp_path / "s.sqlite"
+    runs = fake_runs(5)
+    broken = [PlannedRun(r.index, r.config, [str(tmp_path / "no-such-python"), "-c", FAKE_FIT], key=r.key,
+                         task="cb", method="fake") if r.index == 1 else r for r in runs]
+    lines: list[str] = []
+    monkeypatch.setattr(Runner, "_say", lambda self, line: lines.append(line))
+    out = Runner(broken, store, "abort", workers=2, retries=0, progress=False).run()
+    assert out.aborted is not None and runs[1].key in out.aborted and "no-such-python" in out.aborted
+    assert not out.interrupted and out.failed == []
+    assert any("starting no more runs" in line for line in lines)
+    row = next(r for r in Store(store).rows() if r["run_key"] == runs[1].key)
+    assert row["status"] == "pending" and row["attempts"] == 0
+    assert len(launched(fake_env)) < 5  # runs queued after the fault were not started
+    out = Runner(runs, store, "abort", workers=2, retries=0, progress=False).run()  # retries=0: still it runs
+    assert out.aborted is None and len(Store(store).records()) == 5
+    assert sorted(launched(fake_env)) == sorted(set(launched(fake_env)))  # and each run trained once
+
+
 def test_a_stale_claim_of_a_dead_runner_is_taken_over(tmp_path, fake_env):
     store = tmp_path / "s.sqlite"
     runs = fake_runs(2)
