@@ -240,7 +240,7 @@ def main(argv: list[str]) -> int:
     from pl_petune.stats.ood import ood_table
 
     drafted = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
-               ood_table(records, ddof=args.ddof, digits=int(args.digits))]  # None unless runs declared data.ood
+               ood_table(records, analysis)]  # None unless runs declared data.ood
     grids = [g for g in drafted if g is not None]
     written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
