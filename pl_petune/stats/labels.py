@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from pl_petune.stats.headlines import HEADLINES  # noqa: F401  (the presets, importable from here too)
+
 BANDS = ("low", "medium", "high")
 BAND_TITLES = {"low": "Low", "medium": "Medium", "high": "High", None: "Other"}
 # The paper's column order (Revisiting PETuning, Table 2: FT, Adapter, PT, LoRA, BitFit), by registry name and
@@ -14,12 +16,6 @@ BAND_TITLES = {"low": "Low", "medium": "Medium", "high": "High", None: "Other"}
 METHOD_ORDER = ("finetune", "adapter", "prefix", "lora", "bitfit")
 METHOD_ALIASES = {"ft": "finetune", "full-ft": "finetune", "fine-tuning": "finetune", "pt": "prefix",
                   "prefix tuning": "prefix", "prefix-tuning": "prefix"}
-# Headline metric per task of each paper's main table (REFERENCE.md section 10); a study names its own with
-# ``petune report --headline TASK=METRIC`` or one of these presets.
-HEADLINES: dict[str, dict[str, str]] = {
-    "revisiting": {"cb": "f1_macro", "mrpc": "f1", "stsb": "pearson", "qqp": "accuracy", "cola": "mcc"},
-    "modulewise": {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "spearman"},
-}
 METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "f1_macro": "macro-F1", "mcc": "Matthews corr.",
                  "pearson": "Pearson corr.", "spearman": "Spearman corr."}
 
