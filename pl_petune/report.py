@@ -219,7 +219,7 @@ def main(argv: list[str]) -> int:
     from pl_petune.stats.headlines import recorded_headlines
 
     try:  # what the runs declared (--run.headline); --headline on this command wins per task
-        headline = {**recorded_headlines(records), **headline}
+        headline = {**recorded_headlines(records, settled=headline), **headline}
     except ValueError as err:
         raise UsageError(str(err)) from None
     methods = sorted({r["method"] for r in records})

@@ -4,7 +4,7 @@ study's headlines read back from its records (one metric per task, or a one-line
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from pl_petune.stats.inputs import headline_metric
 
@@ -45,9 +45,9 @@ def parse_headline(text: str) -> dict[str, str]:
     return out
 
 
-def recorded_headlines(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def recorded_headlines(records: Sequence[Mapping[str, Any]], settled: Collection[str] = ()) -> dict[str, str]:
     """The headline metric per task that the runs themselves declared (``--run.headline``, record field
-    ``headline``).
+    ``headline``), for the tasks not in ``settled`` (those the report names itself).
 
     Raises:
         ValueError: two runs of one task declare different metrics (naming a run of each).
@@ -55,6 +55,8 @@ def recorded_headlines(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     seen: dict[str, tuple[str, str]] = {}
     for rec in records:
         for task, metric in (rec.get("headline") or {}).items():
+            if task in settled:
+                continue
             key = str(rec.get("run_key"))
             if task in seen and seen[task][0] != metric:
                 other_metric, other = seen[task]

@@ -23,3 +23,9 @@ def fit_parser():
     from pl_petune.sweep import FitParser
 
     return FitParser()
+
+
+@pytest.fixture
+def in_root(monkeypatch):
+    """Sweep commands name recipes relative to the repository root, as `wandb agent` runs them."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
