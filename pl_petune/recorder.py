@@ -184,10 +184,10 @@ class RunRecorder(Callback):
     # ---- lifecycle -------------------------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._resolve(trainer, pl_module)
         if self.save_predictions and trainer.world_size > 1:
             raise ConfigError(f"run.save_predictions writes one file from one process; this trainer has "
                               f"{trainer.world_size} (run the held-out pass on one device)")
+        self._resolve(trainer, pl_module)
         dm = trainer.datamodule  # type: ignore[attr-defined]
         self._t0 = time.time()
         self._fit_ended = False

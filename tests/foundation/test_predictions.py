@@ -152,3 +152,29 @@ def test_a_plain_lightning_recorder_writes_predictions_too(tmp_path, tiny_bert, 
     rows = _file(rec)
     assert f1_score([r["label"] for r in rows], [r["pred"] for r in rows], average="macro") == \
         pytest.approx(rec["test_metrics"]["test/f1_macro"], abs=TOL)
+
+
+def test_a_split_of_the_official_dev_file_and_a_one_logit_head(tmp_path, tiny_bert, data_dir):
+    """The pilot protocol (dev_split) tests on half of the official validation file: each row names its place there."""
+    rec = _fit(tmp_path, tiny_bert, data_dir, "--data.task", "rte", "--data.protocol", "dev_split",
+               "--model.init_args.binary_head", "one_logit")
+    rows = _file(rec)
+    official = [json.loads(line) for line in open(Path(data_dir) / "super_glue" / "RTE" / "val.jsonl")]
+    assert 0 < len(rows) == rec["test_size"] < len(official)
+    assert all(r["idx"] == official[r["row"]]["idx"] and r["label"] == official[r["row"]]["label"] for r in rows)
+    assert len({r["row"] for r in rows}) == len(rows)
+    for r in rows:  # one logit, positive above 0; probs [p(0), p(1)]
+        assert len(r["scores"]) == 1 and (r["pred"] == "not_entailment") == (r["scores"][0] > 0)
+        assert r["probs"][1] == pytest.approx(1 / (1 + np.exp(-r["scores"][0])), abs=1e-6)
+    acc = accuracy_score([r["label"] for r in rows], [r["pred"] for r in rows])
+    assert acc == pytest.approx(rec["test_metrics"]["test/accuracy"], abs=TOL)
+
+
+def test_predictions_refuse_a_multi_process_trainer():
+    from types import SimpleNamespace
+
+    from pl_petune.errors import ConfigError
+    from pl_petune.recorder import RunRecorder
+
+    with pytest.raises(ConfigError, match="writes one file from one process; this trainer has 2"):
+        RunRecorder(save_predictions=True).on_fit_start(SimpleNamespace(world_size=2), None)  # type: ignore[arg-type]
