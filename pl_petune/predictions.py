@@ -91,6 +91,69 @@ def rows(spec: Any, outputs: Any, labels: Any, preds: Any, positions: Sequence[i
     return result
 
 
+class Capture:
+    """The outputs of a held-out pass, batch by batch, taken from the test step's own forward call (a forward
+    hook), so the file holds exactly what the metrics scored; :meth:`write` writes the files.
+
+    Args:
+        module: the :class:`~pl_petune.methods.PetuneModule` being tested.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self._outputs: list[Any] = []
+        self._batches: list[tuple[Any, Any]] = []
+        self._hook: Any = module.register_forward_hook(lambda _m, _args, out: self._outputs.append(out.detach()))
+
+    def batch_end(self, labels: Any, batch_idx: int) -> None:
+        """Pair the batch's forward output with its labels.
+
+        Raises:
+            PetuneError: the test step made no forward call with one row per example.
+        """
+        from pl_petune.errors import PetuneError
+
+        if not self._outputs or len(self._outputs[-1]) != len(labels):
+            n = len(self._outputs)
+            self.stop()
+            raise PetuneError(f"run.save_predictions: test batch {batch_idx} gave {n} forward output(s), none with "
+                              f"one row per example ({len(labels)}); this module's test step does not call forward "
+                              "once per batch")
+        self._batches.append((self._outputs[-1].cpu(), labels.detach().cpu()))
+        self._outputs = []
+
+    def stop(self) -> None:
+        """Remove the hook (before the OOD passes, which call forward too)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def write(self, run_dir: Path, dm: Any, ood: dict[str, Any]) -> dict[str, Any]:
+        """Write the held-out file and one file per OOD set (``{name: (outputs, mapped labels)}``) into
+        ``run_dir``; returns the record's ``predictions`` entries."""
+        import torch
+
+        from pl_petune.tasks import get_task
+
+        self.stop()
+        model, one_logit = self.module, bool(getattr(self.module, "one_logit", False))
+        src, idx = dm.split().parts["test"]
+        outputs = torch.cat([o for o, _ in self._batches]) if self._batches else torch.zeros(0)
+        labels = torch.cat([y for _, y in self._batches]) if self._batches else torch.zeros(0)
+        positions = [int(i) for i in idx]
+        examples = rows(dm.spec, outputs, labels, model.predictions(outputs), positions,
+                        official_ids(dm.spec, src, dm.data_dir, positions), one_logit)
+        out = {"test": write(Path(run_dir) / TEST_FILE, examples, f"{dm.task} {src}")}
+        for name, (raw, mapped) in ood.items():
+            o = dm.ood[name]
+            positions = list(range(len(mapped)))
+            examples = rows(dm.spec, raw, mapped, model.predictions(raw), positions,
+                            official_ids(get_task(o.task), o.split, dm.data_dir, positions), one_logit)
+            out[f"ood/{name}"] = write(Path(run_dir) / ood_file(name), examples, f"{o.task} {o.split}")
+        self._batches = []
+        return out
+
+
 def write(path: Path, examples: Sequence[dict[str, Any]], split: str) -> dict[str, Any]:
     """Write ``examples`` as JSON lines to ``path`` atomically; returns the record's entry for the file."""
     data = "".join(json.dumps(r, sort_keys=True, default=_plain) + "\n" for r in examples).encode("utf-8")
@@ -110,4 +173,4 @@ def read(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-__all__ = ["TEST_FILE", "ood_file", "official_ids", "rows", "write", "read"]
+__all__ = ["TEST_FILE", "Capture", "ood_file", "official_ids", "rows", "write", "read"]

@@ -27,7 +27,7 @@ from typing_extensions import override
 
 from pl_petune.callbacks._common import file_sha256
 from pl_petune.data.module import HeldOutAccessError
-from pl_petune.errors import ConfigError, PetuneError
+from pl_petune.errors import ConfigError
 from pl_petune.record_build import complete_record, start_record, stop_fields
 from pl_petune.records import run_key, write_json
 from pl_petune.store import Store, default_store_path
@@ -127,9 +127,7 @@ class RunRecorder(Callback):
         self._t0 = 0.0
         self._fit_ended = False
         self._stop: dict[str, Any] = {}
-        self._hook: Any = None
-        self._captured: list[Any] = []
-        self._test_outputs: list[tuple[Any, Any]] = []
+        self._capture: Any = None  # pl_petune.predictions.Capture during a held-out pass that saves predictions
 
     # ---- identity of a plain-Lightning run ---------------------------------------------------------
     def _resolve(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -216,38 +214,29 @@ class RunRecorder(Callback):
         self._fit_ended = True
         self._stop = _stop(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-        if self.keep_checkpoints and not self.keep_optimizer_state and best and trainer.is_global_zero:
+        if self.keep_checkpoints and not self.keep_optimizer_state and best and trainer.is_global_zero \
+                and not trainer.interrupted:
             from pl_petune.checkpoint_io import slim_checkpoint
 
             slim_checkpoint(best)  # the held-out pass then scores, and the record hashes, the file that is kept
 
     @override
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not (self.save_predictions and self._fit_ended and self.record is not None
-                and self.record["status"] == "running"):
-            return
-        self._captured, self._test_outputs = [], []
-        # the test step's own forward output: the predictions file holds exactly what the metrics scored
-        self._hook = pl_module.register_forward_hook(lambda _m, _args, out: self._captured.append(out.detach()))
+        if self.save_predictions and self._fit_ended and self.record is not None \
+                and self.record["status"] == "running":
+            from pl_petune.predictions import Capture
+
+            self._capture = Capture(pl_module)
 
     @override
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._hook is None:
-            return
-        labels = batch["labels"]
-        if not self._captured or len(self._captured[-1]) != len(labels):
-            self._unhook()
-            raise PetuneError(f"run.save_predictions: test batch {batch_idx} gave {len(self._captured)} forward "
-                              f"output(s), none with one row per example ({len(labels)}); this module's test step "
-                              "does not call forward once per batch")
-        self._test_outputs.append((self._captured[-1].cpu(), labels.detach().cpu()))
-        self._captured = []
+        if self._capture is not None:
+            self._capture.batch_end(batch["labels"], batch_idx)
 
     def _unhook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        if self._capture is not None:
+            self._capture.stop()
 
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -277,37 +266,11 @@ class RunRecorder(Callback):
             record["ood_metrics"], record["ood_sizes"] = evaluate_ood(pl_module, dm, ood_outputs)
             record["ood_sets"] = {n: {"task": o.task, "split": o.split, "label_map": dict(o.label_map)}
                                   for n, o in dm.ood.items()}
-        if self.save_predictions:
-            record["predictions"] = self._write_predictions(pl_module, dm, ood_outputs or {})
+        if self._capture is not None:
+            assert self.run_dir is not None
+            record["predictions"] = self._capture.write(self.run_dir, dm, ood_outputs or {})
+            self._capture = None
         self._write(record)
-
-    def _write_predictions(self, pl_module: L.LightningModule, dm: Any, ood: dict[str, Any]) -> dict[str, Any]:
-        """Write the held-out and OOD predictions files (atomically) and return the record's entries."""
-        import torch
-
-        from pl_petune import predictions
-        from pl_petune.tasks import get_task
-
-        assert self.run_dir is not None
-        one_logit = bool(getattr(pl_module, "one_logit", False))
-        src, idx = dm.split().parts["test"]
-        outputs = torch.cat([o for o, _ in self._test_outputs]) if self._test_outputs else torch.zeros(0)
-        labels = torch.cat([y for _, y in self._test_outputs]) if self._test_outputs else torch.zeros(0)
-        positions = [int(i) for i in idx]
-        ids = predictions.official_ids(dm.spec, src, dm.data_dir, positions)
-        rows = predictions.rows(dm.spec, outputs, labels, pl_module.predictions(outputs), positions, ids,  # type: ignore[operator]
-                                one_logit)
-        out = {"test": predictions.write(self.run_dir / predictions.TEST_FILE, rows, f"{dm.task} {src}")}
-        for name, (raw, mapped) in ood.items():
-            o = dm.ood[name]
-            positions = list(range(len(mapped)))
-            ids = predictions.official_ids(get_task(o.task), o.split, dm.data_dir, positions)
-            rows = predictions.rows(dm.spec, raw, mapped, pl_module.predictions(raw), positions, ids,  # type: ignore[operator]
-                                    one_logit)
-            out[f"ood/{name}"] = predictions.write(self.run_dir / predictions.ood_file(name), rows,
-                                                   f"{o.task} {o.split}")
-        self._test_outputs = []
-        return out
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
