@@ -117,16 +117,25 @@ TRAINING_ONLY_KEYS = ("optimizer_states", "lr_schedulers")
 KEPT_MARK = "petune_kept"
 
 
-def slim_checkpoint(path: _PATH) -> bool:
+def slim_checkpoint(path: _PATH, warn: Any = None) -> bool:
     """Rewrite ``path`` (atomically) without its optimizer and scheduler state; True if it held any.
 
     What evaluation reads stays: the weights (``state_dict``), the hyper-parameters (to rebuild the module), the
     callbacks' state (``petune test`` restores it), epoch and step. The file is marked ``petune_kept`` so that no
-    resume tries to train on from it (:func:`pick_resume` skips it).
+    resume tries to train on from it (:func:`pick_resume` skips it). Only a ``weights_only`` load is used: a file
+    holding objects that load refuses is left whole, with one warning line (``warn``, default stderr).
     """
+    import pickle
+
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        (warn or (lambda line: print(line, file=sys.stderr)))(
+            f"petune: warning: {path} kept whole, optimizer state included: it holds objects a weights-only load "
+            f"refuses ({_short(err)})")
+        return False
     dropped = [k for k in TRAINING_ONLY_KEYS if k in state]
     if not dropped:
         return False
@@ -138,11 +147,16 @@ def slim_checkpoint(path: _PATH) -> bool:
 
 
 def resumable(path: _PATH) -> bool:
-    """Whether ``path`` holds the optimizer state a resumed fit restores (a kept, slimmed file does not)."""
+    """Whether a fit may resume from ``path``: not a kept file reduced by :func:`slim_checkpoint`."""
+    import pickle
+
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return isinstance(state, dict) and "optimizer_states" in state and KEPT_MARK not in state
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:  # never slimmed: slim_checkpoint reads only what a weights-only load reads
+        return True
+    return not (isinstance(state, dict) and KEPT_MARK in state)
 
 
 def verify_checkpoint(path: _PATH) -> None:
