@@ -112,6 +112,53 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
+# What a kept checkpoint drops unless asked (--run.keep_optimizer_state): state only training on from it reads.
+TRAINING_ONLY_KEYS = ("optimizer_states", "lr_schedulers")
+KEPT_MARK = "petune_kept"
+
+
+def slim_checkpoint(path: _PATH, warn: Any = None) -> bool:
+    """Rewrite ``path`` (atomically) without its optimizer and scheduler state; True if it held any.
+
+    What evaluation reads stays: the weights (``state_dict``), the hyper-parameters (to rebuild the module), the
+    callbacks' state (``petune test`` restores it), epoch and step. The file is marked ``petune_kept`` so that no
+    resume tries to train on from it (:func:`pick_resume` skips it). Only a ``weights_only`` load is used: a file
+    holding objects that load refuses is left whole, with one warning line (``warn``, default stderr).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        (warn or (lambda line: print(line, file=sys.stderr)))(
+            f"petune: warning: {path} kept whole, optimizer state included: it holds objects a weights-only load "
+            f"refuses ({_short(err)})")
+        return False
+    dropped = [k for k in TRAINING_ONLY_KEYS if k in state]
+    if not dropped:
+        return False
+    for k in dropped:
+        del state[k]
+    state[KEPT_MARK] = {"for": "evaluation", "dropped": dropped}
+    atomic_torch_save(state, path)
+    return True
+
+
+def resumable(path: _PATH) -> bool:
+    """Whether a fit may resume from ``path``: not a kept file reduced by :func:`slim_checkpoint`."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:  # never slimmed: slim_checkpoint reads only what a weights-only load reads
+        return True
+    return not (isinstance(state, dict) and KEPT_MARK in state)
+
+
 def verify_checkpoint(path: _PATH) -> None:
     """Raise :class:`CorruptCheckpointError` unless ``path`` is an intact Lightning checkpoint.
 
@@ -169,7 +216,7 @@ def pick_resume(ckpt_dir: _PATH, warn: Any = None) -> Optional[Path]:
     ``last.ckpt`` first, then the other ``*.ckpt`` files newest first (a best checkpoint is a full training
     state too, saved at the end of an epoch's validation, so resuming from it replays the later epochs exactly).
     Every damaged file met on the way is renamed by :func:`set_aside`, with one warning line each, so a rerun never
-    trips on it again.
+    trips on it again; a kept file without optimizer state (:func:`slim_checkpoint`) is passed over.
 
     Args:
         ckpt_dir: the run's checkpoint folder (may not exist).
@@ -189,9 +236,11 @@ def pick_resume(ckpt_dir: _PATH, warn: Any = None) -> Optional[Path]:
             moved = set_aside(cand)
             warn(f"petune: warning: {err}; set aside as {moved.name}")
             continue
-        return cand
+        if resumable(cand):
+            return cand
     return None
 
 
 __all__ = ["AtomicCheckpointIO", "CorruptCheckpointError", "DiskFullError", "atomic_torch_save",
-           "disk_full_message", "pick_resume", "set_aside", "verify_checkpoint", "NO_SPACE", "LIGHTNING_CKPT_NAMES"]
+           "disk_full_message", "pick_resume", "set_aside", "verify_checkpoint", "slim_checkpoint", "resumable",
+           "NO_SPACE", "LIGHTNING_CKPT_NAMES", "TRAINING_ONLY_KEYS", "KEPT_MARK"]

@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from pl_petune.record_checks import METRIC_RANGES  # noqa: E402
+from pl_petune.stats.analysis import Analysis  # noqa: E402
 from pl_petune.stats.core import Column, Obs, relative_upper_bound, summarize  # noqa: E402
-from pl_petune.stats.tables import BAND_TITLES, BANDS, METHOD_ORDER, Analysis, method_rank  # noqa: E402
+from pl_petune.stats.labels import BAND_TITLES, BANDS, METHOD_ORDER, method_rank  # noqa: E402
 
 LINESTYLES = ("-", "--", ":", "-.")
 # Fixed colours for the paper's methods (tab10 entries), so FT is the same blue in every report.

@@ -40,7 +40,7 @@ from pl_petune.identity import (
 )
 from pl_petune.methods import PetuneModule
 from pl_petune.record_build import log_record_to_wandb, summary_line
-from pl_petune.recorder import RunRecorder, discard_checkpoints
+from pl_petune.recorder import HeadlineSpec, RunRecorder, discard_checkpoints
 from pl_petune.records import run_key
 from pl_petune.store import Store, default_store_path
 
@@ -72,6 +72,12 @@ class RunOptions:
         allow_leaky_test: ``petune test`` only: score the held-out split with a checkpoint that is not the
             recorded best-on-dev checkpoint of a complete run (any checkpoint, no completed fit). The output
             says ``leaky``; such scores are not held-out results (docs/protocol.md).
+        save_predictions: write the held-out pass's per-example predictions (and each OOD set's) beside
+            ``record.json``, named in the record with their SHA-256 (docs/reports.md).
+        keep_optimizer_state: with ``keep_checkpoints``, keep the optimizer and scheduler state in the kept
+            files (by default they hold what evaluation needs: weights, hyper-parameters, callbacks' state).
+        headline: the metric the study reports for the run's task, ``TASK=METRIC`` pairs or a preset
+            (``revisiting``, ``modulewise``); recorded, and used by ``petune report`` (docs/reports.md).
     """
 
     seed: Optional[int] = None
@@ -82,6 +88,9 @@ class RunOptions:
     name: Optional[str] = None
     rerun: bool = False
     allow_leaky_test: bool = False
+    save_predictions: bool = False
+    keep_optimizer_state: bool = False
+    headline: Optional[HeadlineSpec] = None
 
 
 class AlreadyComplete(Exception):
@@ -191,7 +200,9 @@ class PetuneCLI(LightningCLI):
                 out_dir=cfg.run.out_dir, store=cfg.run.store, keep_checkpoints=cfg.run.keep_checkpoints,
                 name=cfg.run.name, run_key=info["key"], run_dir=str(info["dir"]), identity=info["identity"],
                 hparams=hparams(cfg), model_class=cfg.model.class_path,
-                seed_mode="tied" if cfg.run.seed is not None else "separate", resumed=info["resumed"])
+                seed_mode="tied" if cfg.run.seed is not None else "separate", resumed=info["resumed"],
+                save_predictions=cfg.run.save_predictions, keep_optimizer_state=cfg.run.keep_optimizer_state,
+                headline=cfg.run.headline)
             trainer.callbacks.append(self.recorder)  # type: ignore[attr-defined]
         return trainer
 

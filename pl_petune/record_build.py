@@ -35,6 +35,7 @@ def start_record(
     resumed: bool,
     name: Optional[str] = None,
     extra: Optional[Mapping[str, Any]] = None,
+    headline: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
     """The ``running`` record of a run whose fit starts (every field known before training).
 
@@ -42,6 +43,7 @@ def start_record(
         spec: the task's :class:`~pl_petune.tasks.TaskSpec`.
         param_report: the module's ``parameter_report()`` (trainable and total counts, denominator).
         sizes: example counts of the protocol's ``train``, ``dev`` and ``test`` parts.
+        headline: ``{task: metric}`` the study reports this run's task by (``--run.headline``), or None.
         Other arguments are the record fields of the same name (see :mod:`pl_petune.records`).
     """
     return {
@@ -55,6 +57,7 @@ def start_record(
         **{k: param_report[k] for k in PARAM_FIELDS},
         "versions": versions(), "git_rev": git_revision(), "created_at": now_iso(),
         "run_dir": run_dir, "resumed": bool(resumed), "extra": dict(extra or {}),
+        "headline": dict(headline) if headline else None,
     }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import lightning as L
+from jsonargparse.typing import register_type
 from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.trainer.states import TrainerFn
@@ -30,6 +31,25 @@ from pl_petune.errors import ConfigError
 from pl_petune.record_build import complete_record, start_record, stop_fields
 from pl_petune.records import run_key, write_json
 from pl_petune.store import Store, default_store_path
+
+
+class HeadlineSpec(str):
+    """``--run.headline``: the metric this run's study reports for its task, as ``TASK=METRIC`` pairs
+    (comma-separated) or a preset (``revisiting``, ``modulewise``); checked when the command is parsed."""
+
+
+def _headline_spec(value: Any) -> str:
+    from pl_petune.stats.headlines import HEADLINES, parse_headline
+
+    try:
+        parse_headline(str(value))
+    except ValueError as err:  # the tag lets the CLI's condenser print one line (pl_petune.argtypes)
+        raise ValueError(f"not accepted: must be TASK=METRIC pairs of a task's metrics or a preset "
+                         f"({', '.join(HEADLINES)}), got {str(value)!r} ({err})") from None
+    return str(value)
+
+
+register_type(HeadlineSpec, str, _headline_spec)
 
 
 class RunRecorder(Callback):
@@ -53,6 +73,13 @@ class RunRecorder(Callback):
         model_class: the record's ``model_class``; default: the module's import path.
         seed_mode: ``separate`` or ``tied`` (PETuning's one seed for both).
         resumed: whether this attempt continues from an earlier one's checkpoint.
+        save_predictions: write the held-out pass's per-example predictions (and each OOD set's) beside
+            ``record.json`` and name them in the record with their SHA-256 (:mod:`pl_petune.predictions`).
+        keep_optimizer_state: with ``keep_checkpoints``, keep the kept files whole (optimizer and scheduler
+            state, to train on from them); by default a kept checkpoint holds what evaluation needs (weights,
+            hyper-parameters, callbacks' state), and the best one is made so before the held-out pass.
+        headline: the metric the study reports for this run's task (``TASK=METRIC`` pairs or a preset; see
+            :mod:`pl_petune.stats.headlines`), recorded as ``headline`` and used by ``petune report``.
     """
 
     def __init__(
@@ -69,9 +96,20 @@ class RunRecorder(Callback):
         model_class: Optional[str] = None,
         seed_mode: str = "separate",
         resumed: bool = False,
+        save_predictions: bool = False,
+        keep_optimizer_state: bool = False,
+        headline: Optional[str] = None,
     ) -> None:
         if seed_mode not in ("separate", "tied"):
             raise ConfigError(f"seed_mode {seed_mode!r} is unknown; allowed: separate, tied")
+        from pl_petune.stats.headlines import parse_headline
+
+        try:
+            self.headline = parse_headline(headline) if headline is not None else {}
+        except ValueError as err:
+            raise ConfigError(f"run.headline: {err}") from None
+        self.save_predictions = save_predictions
+        self.keep_optimizer_state = keep_optimizer_state
         self.out_dir = out_dir
         self.store_path = store
         self.keep_checkpoints = keep_checkpoints
@@ -89,6 +127,7 @@ class RunRecorder(Callback):
         self._t0 = 0.0
         self._fit_ended = False
         self._stop: dict[str, Any] = {}
+        self._capture: Any = None  # pl_petune.predictions.Capture during a held-out pass that saves predictions
 
     # ---- identity of a plain-Lightning run ---------------------------------------------------------
     def _resolve(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -143,6 +182,9 @@ class RunRecorder(Callback):
     # ---- lifecycle -------------------------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_predictions and trainer.world_size > 1:
+            raise ConfigError(f"run.save_predictions writes one file from one process; this trainer has "
+                              f"{trainer.world_size} (run the held-out pass on one device)")
         self._resolve(trainer, pl_module)
         dm = trainer.datamodule  # type: ignore[attr-defined]
         self._t0 = time.time()
@@ -157,6 +199,7 @@ class RunRecorder(Callback):
             hparams=self.hparams, identity=self.identity or {}, monitor=getattr(ckpt, "monitor", None),
             sizes=dm.split_sizes(), param_report=pl_module.parameter_report(), run_dir=str(self.run_dir),  # type: ignore[operator]
             resumed=self.resumed, name=self.name, extra=self._extras(trainer, pl_module),
+            headline={t: m for t, m in self.headline.items() if t == pl_module.spec.name} or None,  # type: ignore[union-attr]
         ))
 
     @override
@@ -170,9 +213,34 @@ class RunRecorder(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_ended = True
         self._stop = _stop(trainer)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if self.keep_checkpoints and not self.keep_optimizer_state and best and trainer.is_global_zero \
+                and not trainer.interrupted:
+            from pl_petune.checkpoint_io import slim_checkpoint
+
+            slim_checkpoint(best)  # the held-out pass then scores, and the record hashes, the file that is kept
+
+    @override
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_predictions and self._fit_ended and self.record is not None \
+                and self.record["status"] == "running":
+            from pl_petune.predictions import Capture
+
+            self._capture = Capture(pl_module)
+
+    @override
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._capture is not None:
+            self._capture.batch_end(batch["labels"], batch_idx)
+
+    def _unhook(self) -> None:
+        if self._capture is not None:
+            self._capture.stop()
 
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._unhook()  # before the OOD passes below, which call forward too
         if not self._fit_ended or self.record is None or self.record["status"] != "running":
             return
         ckpt = trainer.checkpoint_callback
@@ -191,12 +259,17 @@ class RunRecorder(Callback):
             extra=self._extras(trainer, pl_module),
         )
         record["leaky"] = bool(dm.leaky)  # a test pass the user let leak (dm.allow_leaky_test()) is flagged too
+        ood_outputs: Optional[dict[str, Any]] = {} if self.save_predictions else None
         if dm.ood:  # the same best weights the test pass loaded, on each declared OOD set (docs/analyses.md)
             from pl_petune.inference import evaluate_ood
 
-            record["ood_metrics"], record["ood_sizes"] = evaluate_ood(pl_module, dm)
+            record["ood_metrics"], record["ood_sizes"] = evaluate_ood(pl_module, dm, ood_outputs)
             record["ood_sets"] = {n: {"task": o.task, "split": o.split, "label_map": dict(o.label_map)}
                                   for n, o in dm.ood.items()}
+        if self._capture is not None:
+            assert self.run_dir is not None
+            record["predictions"] = self._capture.write(self.run_dir, dm, ood_outputs or {})
+            self._capture = None
         self._write(record)
 
     @override
@@ -212,9 +285,24 @@ class RunRecorder(Callback):
                 exp.finish()  # flush it; a later fit in this process starts its own W&B run
         if not self.keep_checkpoints and self.run_dir is not None:
             discard_checkpoints(self.run_dir / "checkpoints")
+        elif self.keep_checkpoints and not self.keep_optimizer_state and trainer.is_global_zero:
+            from pl_petune.checkpoint_io import slim_checkpoint
+
+            for path in self._kept_files(trainer):
+                slim_checkpoint(path)
+
+    def _kept_files(self, trainer: L.Trainer) -> list[Path]:
+        """The checkpoint files this run keeps: every ``*.ckpt`` of its own checkpoint folder (last, stage 1,
+        best), or, for a checkpoint folder of the user's, the best and last files only."""
+        ckpt = trainer.checkpoint_callback
+        named = [Path(p) for p in (getattr(ckpt, "best_model_path", ""), getattr(ckpt, "last_model_path", "")) if p]
+        own = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        files = sorted(own.glob("*.ckpt")) if own is not None and own.is_dir() else []
+        return [p for p in dict.fromkeys([*files, *named]) if p.is_file()]
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._unhook()
         if isinstance(exception, HeldOutAccessError):  # a refused read scored nothing: the run can still complete
             return
         self.fail(exception)

@@ -35,6 +35,8 @@ A record is the only thing statistics and reports read. It carries no torch obje
 ``versions``           dict: pl_petune, torch, transformers, lightning, ...; ``git_rev``
 ``created_at``         ISO-8601 UTC
 ``extra``              free dict (stage plan of two-stage methods, OOD metrics, ...)
+``headline``           optional ``{task: metric}`` the study reports the run's task by (``--run.headline``)
+``predictions``        optional: the predictions files beside ``record.json`` (``--run.save_predictions``)
 =====================  ===========================================================================
 """
 

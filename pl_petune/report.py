@@ -216,6 +216,12 @@ def main(argv: list[str]) -> int:
     records = _filter(records, "task", args.task)
     records = _filter(records, "method", args.method)
     _check_group_by(records, args.group_by)
+    from pl_petune.stats.headlines import recorded_headlines
+
+    try:  # what the runs declared (--run.headline); --headline on this command wins per task
+        headline = {**recorded_headlines(records, settled=headline), **headline}
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     methods = sorted({r["method"] for r in records})
     order = tuple(m.strip() for m in (args.order or "").split(",") if m.strip())
     unknown = [m for m in (*order, *rename) if m not in methods]
@@ -240,7 +246,7 @@ def main(argv: list[str]) -> int:
     from pl_petune.stats.ood import ood_table
 
     drafted = [table2(analysis), table3(analysis), table4(analysis), upper_bound(analysis),
-               ood_table(records, ddof=args.ddof, digits=int(args.digits))]  # None unless runs declared data.ood
+               ood_table(records, analysis)]  # None unless runs declared data.ood
     grids = [g for g in drafted if g is not None]
     written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)

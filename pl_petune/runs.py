@@ -31,7 +31,7 @@ def _item(key: str, status: str, rec: dict[str, Any], spec: dict[str, Any], atte
     return {
         "run_key": key, "status": status, "attempts": attempts,
         "task": rec.get("task") or spec.get("task"), "method": rec.get("method") or spec.get("method"),
-        "protocol": rec.get("protocol") or config.get("data.protocol"),
+        "protocol": rec.get("protocol") or spec.get("protocol") or config.get("data.protocol"),
         "init_seed": rec.get("init_seed"), "data_seed": rec.get("data_seed"),
         "metric": f"test/{metric}" if metric else None, "score": score,
         "sweep": spec.get("sweep") or rec.get("name"), "index": spec.get("index"), "slurm": None,

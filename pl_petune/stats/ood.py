@@ -1,6 +1,8 @@
 """In-distribution vs out-of-distribution scores per method (issue 10; LP-FT's argument, Kumar et al. 2022).
 
-Pure: plain run records in, a :class:`~pl_petune.stats.tables.Grid` out (numpy only).
+Pure: plain run records and the report's :class:`~pl_petune.stats.analysis.Analysis` in, a
+:class:`~pl_petune.stats.render.Grid` out (numpy only). Rows carry the labels and follow the order of Table 2
+(the study's task labels, its column names and order), read from the analysis.
 """
 
 from __future__ import annotations
@@ -9,41 +11,55 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pl_petune.stats.tables import Grid, Value
+from pl_petune.stats.analysis import Analysis
+from pl_petune.stats.inputs import Column
+from pl_petune.stats.render import Grid, Value
 
 
-def ood_table(records: Sequence[Mapping[str, Any]], ddof: int = 1, digits: int = 1) -> Grid | None:
-    """One row per (task, method): the held-out score and each recorded ``ood/<set>/<metric>``, ×100.
+def ood_table(records: Sequence[Mapping[str, Any]], analysis: Analysis) -> Grid | None:
+    """One row per (task, column) of ``analysis``: the held-out score and each recorded ``ood/<set>/<metric>``.
 
     Args:
-        records: complete run records; those without ``ood_metrics`` are left out.
-        ddof: delta degrees of freedom of the std (shown when a cell has more than one run).
-        digits: decimals printed.
+        records: the complete run records the analysis was computed from; those without ``ood_metrics``, and
+            those the analysis left out (filtered, NaN score, no usable seed), are not shown.
+        analysis: the report's analysis: its task labels, column labels and order, std ddof, scale and digits.
 
     Returns:
-        The grid (name ``ood``), or None when no record carries OOD metrics.
+        The grid (name ``ood``), or None when no reported record carries OOD metrics.
     """
-    recs = [r for r in records if r.get("status", "complete") == "complete" and r.get("ood_metrics")]
+    # a record is found by run key and column name: runs that differ only by a callback once shared a key
+    where: dict[tuple[str, str], tuple[str, Column]] = {(o.run_key, o.column.method): key
+                                                        for key, cell in analysis.cells.items() for o in cell}
+
+    def found(r: Mapping[str, Any]) -> tuple[str, str]:
+        return str(r.get("run_key", "")), str(r.get("method"))
+
+    recs = [r for r in records if r.get("status", "complete") == "complete" and r.get("ood_metrics")
+            and found(r) in where]
     if not recs:
         return None
+    s = analysis.settings
     ood_keys = sorted({k for r in recs for k in r["ood_metrics"]})
     id_keys = sorted({f"test/{r['primary_metric']}" for r in recs})
     grid = Grid("ood", "In-distribution (held-out test) vs out-of-distribution scores",
-                ["task", "method", "runs", *[f"ID {k}" for k in id_keys], *[f"OOD {k[4:]}" for k in ood_keys]])
-    cells: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+                ["Task", "Method", "runs", *[f"ID {k}" for k in id_keys], *[f"OOD {k[4:]}" for k in ood_keys]])
+    cells: dict[tuple[str, Column], list[Mapping[str, Any]]] = {}
     for r in recs:
-        cells.setdefault((r["task"], r["method"]), []).append(r)
+        cells.setdefault(where[found(r)], []).append(r)
 
     def value(vals: list[float]) -> Value:
         if not vals:
-            return Value(float("nan"), digits=digits)
-        arr = 100 * np.asarray(vals, dtype=float)
-        std = float(arr.std(ddof=ddof)) if len(arr) > ddof else None
-        return Value(float(arr.mean()), std, digits=digits)
+            return Value(float("nan"), digits=s.digits)
+        arr = s.scale * np.asarray(vals, dtype=float)
+        std = float(arr.std(ddof=s.ddof)) if len(arr) > s.ddof else None
+        return Value(float(arr.mean()), std, digits=s.digits)
 
-    for (task, method), rs in sorted(cells.items()):
-        row: list[Any] = [task, method, str(len(rs))]
-        csv: dict[str, Any] = {"task": task, "method": method, "runs": len(rs)}
+    order = [(t, c) for t in analysis.tasks for c in analysis.columns if (t, c) in cells]
+    for task, col in order:
+        rs = cells[(task, col)]
+        row: list[Any] = [analysis.task_label(task), analysis.label(col), str(len(rs))]
+        csv: dict[str, Any] = {"task": task, "row": analysis.task_label(task), "column": analysis.label(col),
+                               "method": col.method, "protocol": col.protocol, "variant": col.variant, "runs": len(rs)}
         for k, source in [(k, "test_metrics") for k in id_keys] + [(k, "ood_metrics") for k in ood_keys]:
             vals = [float(r[source][k]) for r in rs if k in r.get(source, {})]
             row.append(value(vals))
@@ -53,5 +69,5 @@ def ood_table(records: Sequence[Mapping[str, Any]], ddof: int = 1, digits: int =
     sets = sorted({f"{n} = {o.get('task')} {o.get('split')}" for r in recs for n, o in r.get("ood_sets", {}).items()})
     grid.notes.append("OOD: the same best-on-dev weights scored on other tasks' splits with labels mapped onto the "
                       "training task's (record field ood_sets)" + (f": {'; '.join(sets)}" if sets else ""))
-    grid.notes.append("mean (± std over runs) × 100")
+    grid.notes.append(f"mean (± std over runs) × {s.scale:g}")
     return grid

@@ -1,432 +1,46 @@
-"""The paper's tables as data, rendered to Markdown, CSV and LaTeX.
+"""The paper's tables as data: :func:`table2`, :func:`table3`, :func:`table4` and :func:`upper_bound` lay out
+an :class:`~pl_petune.stats.analysis.Analysis` as "Revisiting PETuning" prints them (Chen et al., EMNLP 2022:
+Tables 2-4 and the upper bounds of Figure 3); :mod:`pl_petune.stats.render` renders the grids.
 
-:func:`analyze` computes every number once (cells, comparisons, band averages, seed series); the ``table*``
-functions lay them out as "Revisiting PETuning" prints them (Chen et al., EMNLP 2022: Tables 2-4 and the
-upper bounds of Figure 3), and :func:`to_markdown`, :func:`to_csv`, :func:`to_latex` render a
-:class:`Grid`. Scores are printed scaled (x100) with one decimal, e.g. ``70.3±2.1``.
+The names of the analysis, labels and rendering modules stay importable from here.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from pl_petune.stats.core import (
-    ALTERNATIVES,
-    REGIMES,
-    TESTS,
-    BandAverage,
-    Column,
-    Comparison,
-    Obs,
-    band_average,
-    best,
-    compare,
-    decide,
-    holm,
-    main_series,
-    relative_upper_bound,
-    seed_series,
-    summarize,
+from pl_petune.stats.analysis import TEST_NAMES, Analysis, Settings, analyze  # noqa: F401
+from pl_petune.stats.core import REGIMES, best, relative_upper_bound, summarize
+from pl_petune.stats.labels import (  # noqa: F401
+    BAND_TITLES,
+    BANDS,
+    HEADLINES,
+    METHOD_ALIASES,
+    METHOD_ORDER,
+    METRIC_TITLES,
+    method_rank,
+    task_label,
 )
+from pl_petune.stats.render import (  # noqa: F401
+    ARROWS,
+    TRENDS,
+    Grid,
+    Trend,
+    Value,
+    _tex_escape,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
+from pl_petune.stats.significance import Comparison
 
-BANDS = ("low", "medium", "high")
-BAND_TITLES = {"low": "Low", "medium": "Medium", "high": "High", None: "Other"}
-# The paper's column order (Revisiting PETuning, Table 2: FT, Adapter, PT, LoRA, BitFit), by registry name and
-# by the labels recipes and imports give them; other columns follow alphabetically.
-METHOD_ORDER = ("finetune", "adapter", "prefix", "lora", "bitfit")
-METHOD_ALIASES = {"ft": "finetune", "full-ft": "finetune", "fine-tuning": "finetune", "pt": "prefix",
-                  "prefix tuning": "prefix", "prefix-tuning": "prefix"}
-# Headline metric per task of each paper's main table (REFERENCE.md section 10); a study names its own with
-# ``petune report --headline TASK=METRIC`` or one of these presets.
-HEADLINES: dict[str, dict[str, str]] = {
-    "revisiting": {"cb": "f1_macro", "mrpc": "f1", "stsb": "pearson", "qqp": "accuracy", "cola": "mcc"},
-    "modulewise": {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "spearman"},
-}
-METRIC_TITLES = {"accuracy": "accuracy", "f1": "F1", "f1_macro": "macro-F1", "mcc": "Matthews corr.",
-                 "pearson": "Pearson corr.", "spearman": "Spearman corr."}
-
-
-def task_label(task: str) -> str:
-    """The name papers print for ``task``: the benchmark's own spelling (``CB``, ``STS-B``, ``BoolQ``), read
-    from the registry's data folder; ``glue_rte`` is ``RTE (GLUE)`` and ``mnli_mm`` ``MNLI-mm``."""
-    from pl_petune.tasks import TASKS
-
-    if task == "mnli_mm":
-        return "MNLI-mm"
-    spec = TASKS.get(task)
-    if spec is None or "dir" not in spec.local:
-        return task
-    label = str(spec.local["dir"]).rstrip("/").split("/")[-1]
-    return f"{label} (GLUE)" if task == "glue_rte" else label
-
-
-def _registry() -> Mapping[str, Any]:
-    from pl_petune.tasks import TASKS
-
-    return TASKS
-
-
-def _registry_size(task: str) -> float:
-    from pl_petune.tasks import TASKS
-
-    return float(TASKS[task].n_train) if task in TASKS else math.inf
-
-
-def method_rank(label: str, method: str | None = None) -> int:
-    """Position of a column in the paper's order (``len(METHOD_ORDER)`` for columns it does not have)."""
-    for name in (method, label):
-        if name is None:
-            continue
-        key = METHOD_ALIASES.get(name.lower(), name.lower())
-        if key in METHOD_ORDER:
-            return METHOD_ORDER.index(key)
-    return len(METHOD_ORDER)
-TEST_NAMES = {
-    "welch": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False)",
-    "student": "Student's t-test (scipy.stats.ttest_ind, equal_var=True)",
-    "paired": "paired t-test on shared seeds (scipy.stats.ttest_rel)",
-    "mannwhitney": "Mann-Whitney U test (scipy.stats.mannwhitneyu)",
-    "wilcoxon": "Wilcoxon signed-rank test on shared seeds (scipy.stats.wilcoxon)",
-}
-ARROWS = {"md": {1: "↑", -1: "↓", 0: ""}, "tex": {1: r"$\uparrow$", -1: r"$\downarrow$", 0: ""}}
-TRENDS = {"md": {1: "↗", -1: "↘", 0: "→", None: "n/a"},
-          "tex": {1: r"$\nearrow$", -1: r"$\searrow$", 0: r"$\rightarrow$", None: "n/a"}}
 LEAKY_NOTE = ("[leaky]: runs of a leaky protocol (`leaky`, `dev_split_leaky`) chose their checkpoint on the same set "
               "they report, so "
               "their scores are optimistic (Revisiting PETuning, Table 1); do not compare them with the others.")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How a report tests and prints.
 
-    Attributes:
-        baseline: the method every other is tested against (full finetuning, ``finetune``).
-        test: one of ``welch``, ``student``, ``paired``, ``mannwhitney``, ``wilcoxon``.
-        alternative: ``one-sided`` (the paper: each one-tailed alternative at ``alpha``) or ``two-sided``.
-        alpha: significance level. holm: Holm-adjust p-values within each table's family of comparisons.
-        ddof: std's delta degrees of freedom (1: sample std). scale: printed score multiplier (100).
-        digits: decimals printed.
-        order: column names (as the records label them) in the order to print; columns not named follow.
-            Default: the baseline, then the paper's order (FT, Adapter, PT, LoRA, BitFit), then the rest.
-        rename: column name -> printed label. method_of: column name -> registry method (for the order).
-        task_labels: ``paper`` (CB, STS-B, ...) or ``name`` (the registry names, cb, stsb, ...).
-        headline: task -> metric the study reports (named in the notes).
-    """
-
-    baseline: str = "finetune"
-    test: str = "welch"
-    alternative: str = "one-sided"
-    alpha: float = 0.05
-    holm: bool = False
-    ddof: int = 1
-    scale: float = 100.0
-    digits: int = 1
-    order: tuple[str, ...] = ()
-    rename: Mapping[str, str] = field(default_factory=dict)
-    method_of: Mapping[str, str] = field(default_factory=dict)
-    task_labels: str = "paper"
-    headline: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.test not in TESTS:
-            raise ValueError(f"unknown test {self.test!r}; known: {', '.join(TESTS)}")
-        if self.alternative not in ALTERNATIVES:
-            raise ValueError(f"unknown alternative {self.alternative!r}; known: {', '.join(ALTERNATIVES)}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha {self.alpha} must lie in (0, 1)")
-        if self.task_labels not in ("paper", "name"):
-            raise ValueError(f"task labels {self.task_labels!r} unknown; known: paper, name")
-        if not 0 <= self.digits <= 6:
-            raise ValueError(f"digits {self.digits} must lie in 0..6")
-
-    @property
-    def paired(self) -> bool:
-        return self.test in ("paired", "wilcoxon")
-
-    def describe(self) -> str:
-        side = ("one-tailed: each alternative (better, worse) accepted at p < alpha" if self.alternative == "one-sided"
-                else "two-sided")
-        return (f"Test against `{self.rename.get(self.baseline, self.baseline)}`: {TEST_NAMES[self.test]}, {side}, "
-                f"alpha = {self.alpha}"
-                + (", Holm-corrected within the table" if self.holm else "") + ". ↑/↓: significantly better/worse.")
-
-
-@dataclass
-class Analysis:
-    """Every number the tables print, computed once by :func:`analyze`."""
-
-    settings: Settings
-    tasks: list[str]
-    band_of: dict[str, str | None]
-    higher: dict[str, bool]
-    metric: dict[str, str]
-    columns: list[Column]
-    cells: dict[tuple[str, Column], list[Obs]]
-    baseline_of: dict[Column, Column | None]
-    comparisons: dict[tuple[str, Column], Comparison] = field(default_factory=dict)
-    verdicts: dict[tuple[str, Column], int] = field(default_factory=dict)
-    bands: dict[tuple[str, Column], BandAverage] = field(default_factory=dict)
-    band_comparisons: dict[tuple[str, Column], Comparison] = field(default_factory=dict)
-    band_verdicts: dict[tuple[str, Column], int] = field(default_factory=dict)
-    band_tasks: dict[str, list[str]] = field(default_factory=dict)
-    series: dict[tuple[str, Column], dict[str, list[Obs]]] = field(default_factory=dict)
-    duplicates: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-
-    @property
-    def show_protocol(self) -> bool:
-        return len({c.protocol for c in self.columns}) > 1
-
-    def label(self, column: Column) -> str:
-        return column.label(self.show_protocol, self.settings.rename.get(column.method))
-
-    def task_label(self, task: str) -> str:
-        return task_label(task) if self.settings.task_labels == "paper" else task
-
-    @property
-    def any_leaky(self) -> bool:
-        return any(c.leaky for c in self.columns)
-
-
-def _scores(obs: Sequence[Obs]) -> dict:
-    return {o.seed: o.score for o in obs}
-
-
-def analyze(obs: Sequence[Obs], settings: Settings = Settings()) -> Analysis:
-    """Group observations into cells and run every comparison and band average.
-
-    Args:
-        obs: from :func:`pl_petune.stats.core.observations`.
-        settings: test, baseline and printing choices.
-
-    Returns:
-        The :class:`Analysis` the table builders read.
-
-    Raises:
-        ValueError: no observations.
-    """
-    if not obs:
-        raise ValueError("no complete run records to report")
-    dropped: dict[tuple[str, Column, str], list[str]] = {}
-    kept = []
-    for o in obs:
-        why = ("a NaN score" if math.isnan(o.score) else
-               "no usable seed" if any(not isinstance(x, int) or isinstance(x, bool) for x in o.seed) else "")
-        if why:
-            dropped.setdefault((o.task, o.column, why), []).append(o.run_key)
-        else:
-            kept.append(o)
-    if not kept:
-        raise ValueError("no run has a score and seeds to report: " + "; ".join(
-            f"{t}: {len(k)} with {w}" for (t, _, w), k in dropped.items()))
-    obs = kept
-    raw: dict[tuple[str, Column], list[Obs]] = {}
-    for o in obs:
-        raw.setdefault((o.task, o.column), []).append(o)
-    band_of = {o.task: o.band for o in obs}
-    size: dict[str, float] = {}
-    for o in obs:
-        if o.train_size is not None:
-            size[o.task] = max(size.get(o.task, 0), o.train_size)
-    band_rank = {b: i for i, b in enumerate(BANDS)}
-    # the official train size orders tasks (as it decides the band), not a run's subsample of it
-    tasks = sorted(band_of, key=lambda t: (band_rank.get(band_of[t], len(BANDS)),  # type: ignore[arg-type]
-                                           _registry_size(t) if t in _registry() else size.get(t, math.inf), t))
-    order = {name: i for i, name in enumerate(settings.order)}
-    columns = sorted({c for _, c in raw},
-                     key=lambda c: (c.leaky, c.protocol, order.get(c.method, len(order)), c.method != settings.baseline,
-                                    method_rank(c.method, settings.method_of.get(c.method)), c.method, c.variant))
-    a = Analysis(settings, tasks, band_of, {o.task: o.higher_is_better for o in obs}, {o.task: o.metric for o in obs},
-                 columns, {}, {})
-    for (t, col, why), keys in dropped.items():
-        a.dropped.append(f"{a.task_label(t)} / {a.label(col)}: {len(keys)} run(s) with {why} left out "
-                         f"(run {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
-    for key, group in raw.items():
-        a.series[key] = seed_series(group)
-        a.cells[key] = main_series(group)
-        counts = Counter(o.seed for o in a.cells[key])
-        dup = [s for s, n in counts.items() if n > 1]
-        if dup:
-            a.duplicates.append(f"{key[0]} / {a.label(key[1])}: {len(dup)} seed pair(s) with several runs "
-                                "(different hyper-parameters? split them with --group-by)")
-    for col in columns:
-        bases = [c for c in columns if c.method == settings.baseline and c.protocol == col.protocol]
-        same = [c for c in bases if c.variant == col.variant]
-        a.baseline_of[col] = None if col.method == settings.baseline else (
-            same[0] if same else bases[0] if len(bases) == 1 else None)
-
-    def scores(key: tuple[str, Column]) -> Any:
-        s = _scores(a.cells[key])
-        return s if settings.paired else list(s.values())
-
-    for (task, col) in a.cells:
-        base = a.baseline_of[col]
-        if base is not None and (task, base) in a.cells:
-            a.comparisons[(task, col)] = compare(scores((task, col)), scores((task, base)), a.higher[task],
-                                                 settings.test)
-
-    # band rows: plain mean of task means; the test compares per-seed band averages on shared tasks
-    groups = {b: [t for t in tasks if band_of[t] == b] for b in (*BANDS, None)}
-    a.band_tasks = {b: ts for b, ts in groups.items() if ts and b is not None}
-    a.band_tasks["all"] = list(tasks)
-    for b, ts in a.band_tasks.items():
-        for col in columns:
-            have = [t for t in ts if (t, col) in a.cells]
-            if not have:
-                continue
-            a.bands[(b, col)] = band_average({t: _scores(a.cells[(t, col)]) for t in have}, settings.ddof)
-            base = a.baseline_of[col]
-            if base is None:
-                continue
-            shared = [t for t in have if (t, base) in a.cells]
-            if not shared or len({a.higher[t] for t in shared}) > 1:
-                continue
-            mine = band_average({t: _scores(a.cells[(t, col)]) for t in shared}, settings.ddof)
-            theirs = band_average({t: _scores(a.cells[(t, base)]) for t in shared}, settings.ddof)
-            if mine.per_seed is None or theirs.per_seed is None:
-                a.band_comparisons[(b, col)] = Comparison(mine.n, theirs.n, None, None, None, mine.mean - theirs.mean,
-                                                          "no test: tasks share fewer than 2 seeds")
-                continue
-            m, t_ = mine.per_seed, theirs.per_seed
-            a.band_comparisons[(b, col)] = compare(m if settings.paired else list(m.values()),
-                                                   t_ if settings.paired else list(t_.values()),
-                                                   a.higher[shared[0]], settings.test)
-    for comps, verdicts in ((a.comparisons, a.verdicts), (a.band_comparisons, a.band_verdicts)):
-        keys = list(comps)  # type: ignore[arg-type]
-        adjusted = holm([comps[k].p(settings.alternative) for k in keys]) if settings.holm else [None] * len(keys)  # type: ignore[index]
-        for k, p_adj in zip(keys, adjusted):
-            verdicts[k] = decide(comps[k], settings.alpha, settings.alternative, p_adj)  # type: ignore[index]
-    return a
-
-
-# ---- grids and rendering --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Value:
-    """A printed score: mean (± std) with an optional verdict arrow and marks; already scaled."""
-
-    mean: float
-    std: float | None = None
-    verdict: int = 0
-    mark: str = ""
-    digits: int = 1
-    signed: bool = False
-
-    def render(self, fmt: str) -> str:
-        if math.isnan(self.mean):
-            return "–"
-        d = self.digits
-        head = f"{self.mean:+.{d}f}" if self.signed else f"{self.mean:.{d}f}"
-        if fmt == "tex":
-            body = head + ("" if self.std is None or math.isnan(self.std) else f"$_{{\\pm {self.std:.{d}f}}}$")
-        else:
-            body = head + ("" if self.std is None or math.isnan(self.std) else f"±{self.std:.{d}f}")
-        return body + ARROWS["tex" if fmt == "tex" else "md"][self.verdict] + self.mark
-
-
-@dataclass(frozen=True)
-class Trend:
-    """A Table 3 verdict: +1 ↗, 0 →, -1 ↘, None n/a."""
-
-    verdict: int | None
-
-    def render(self, fmt: str) -> str:
-        return TRENDS["tex" if fmt == "tex" else "md"][self.verdict]
-
-
-@dataclass
-class Grid:
-    """A rendered table: a header, rows of cells (str, :class:`Value` or :class:`Trend`), section rows
-    (a single label spanning the table), notes printed under it, and long-format CSV rows."""
-
-    name: str
-    title: str
-    header: list[str]
-    rows: list[list[Any]] = field(default_factory=list)
-    sections: set[int] = field(default_factory=set)
-    notes: list[str] = field(default_factory=list)
-    csv_rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def section(self, label: str) -> None:
-        self.sections.add(len(self.rows))
-        self.rows.append([label] + [""] * (len(self.header) - 1))
-
-
-def _cell_text(cell: Any, fmt: str) -> str:
-    return cell if isinstance(cell, str) else cell.render(fmt)
-
-
-def to_markdown(grid: Grid) -> str:
-    """GitHub Markdown: a title line, the table, then the notes as a list."""
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = [f"**{grid.title}**", "", "| " + " | ".join(map(esc, grid.header)) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(grid.header) - 1)) + "|"]
-    for i, row in enumerate(grid.rows):
-        cells = [_cell_text(c, "md") for c in row]
-        if i in grid.sections:
-            cells[0] = f"*{cells[0]}*"
-        lines.append("| " + " | ".join(map(esc, cells)) + " |")
-    lines.append("")
-    lines += [f"- {n}" for n in grid.notes]
-    return "\n".join(lines) + "\n"
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "↑": r"$\uparrow$",
-        "↓": r"$\downarrow$", "†": r"$^\dagger$", "↗": r"$\nearrow$", "↘": r"$\searrow$", "→": r"$\rightarrow$",
-        "–": "--", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$"}
-
-
-def _tex_escape(s: str) -> str:
-    """LaTeX for plain text: special characters escaped, Markdown code spans (`x`) as ``\texttt{x}``."""
-    parts = s.split("`")
-    if len(parts) % 2 == 0:  # an unpaired backtick is text
-        parts = [s.replace("`", "'")]
-    out = []
-    for i, part in enumerate(parts):
-        text = "".join(_TEX.get(ch, ch) for ch in part)
-        out.append(rf"\texttt{{{text}}}" if i % 2 else text)
-    return "".join(out)
-
-
-def to_latex(grid: Grid) -> str:
-    """A booktabs ``table`` with the notes in the caption."""
-    n = len(grid.header)
-    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (n - 1) + "}", r"\toprule",
-           " & ".join(_tex_escape(h) for h in grid.header) + r" \\", r"\midrule"]
-    for i, row in enumerate(grid.rows):
-        if i in grid.sections:
-            if i:
-                out.append(r"\midrule")
-            out.append(rf"\multicolumn{{{n}}}{{l}}{{\textit{{{_tex_escape(row[0])}}}}} \\")
-            continue
-        out.append(" & ".join(c.render("tex") if not isinstance(c, str) else _tex_escape(c) for c in row) + r" \\")
-    caption = _tex_escape(grid.title + ". " + " ".join(grid.notes))
-    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{grid.name}}}",
-            r"\end{table}"]
-    return "\n".join(out) + "\n"
-
-
-def to_csv(grid: Grid) -> str:
-    """The grid's long-format rows (one per cell, full precision) as CSV."""
-    if not grid.csv_rows:
-        return ""
-    keys: list[str] = []
-    for r in grid.csv_rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    w.writerows(grid.csv_rows)
-    return buf.getvalue()
-
-
-# ---- the tables -----------------------------------------------------------------------------------
 def _p_fields(c: Comparison | None) -> dict[str, Any]:
     if c is None:
         return {"p_better": "", "p_worse": "", "p_two_sided": "", "test_note": ""}

@@ -112,11 +112,12 @@ class PlannedRun:
     task: str = ""
     method: str = ""
     run_dir: str = ""
+    protocol: str = ""
 
     def spec(self, sweep_name: str) -> dict[str, Any]:
         """What the store keeps of the run's place in its sweep (``petune runs`` shows it)."""
         return {"sweep": sweep_name, "index": self.index, "config": self.config, "command": self.command,
-                "task": self.task, "method": self.method, "run_dir": self.run_dir}
+                "task": self.task, "method": self.method, "run_dir": self.run_dir, "protocol": self.protocol}
 
 
 def plan(sweep: Mapping[str, Any], count: Optional[int] = None, seed: int = 0, where: str = "sweep",
@@ -162,7 +163,7 @@ def plan(sweep: Mapping[str, Any], count: Optional[int] = None, seed: int = 0, w
         task, method = get_task(fit.data.task).name, _method_name(fit.model.class_path)
         # where `petune fit` will put the run folder (relative out_dir: the runner's working directory)
         run_dir = Path(fit.run.out_dir).resolve() / task / method / key
-        runs.append(PlannedRun(i, config, command, key, task, method, str(run_dir)))
+        runs.append(PlannedRun(i, config, command, key, task, method, str(run_dir), str(fit.data.protocol)))
     check_metric(sweep, {r.task for r in runs}, where)
     return runs
 
