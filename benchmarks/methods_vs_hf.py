@@ -8,12 +8,12 @@ step), gradient clipping at 1.0 and AdamW on both sides, dropout on, one torch t
 - HF: ``AutoModelForSequenceClassification`` in ``transformers.Trainer``; LoRA (query, value; r 8, alpha 16)
   and prefix tuning (16 virtual tokens) through PEFT's ``get_peft_model``, BitFit by ``requires_grad`` on the
   biases and the classifier, the Pfeiffer adapter (reduction 16) through AdapterHub ``adapters``.
-- Every PEFT tuner of the bridge (``pl_petune.methods.peft_bridge.TUNERS``: dora, vera, loha, ...): pl_petune's
+- Every PEFT tuner of the bridge (``pl_petune.methods.peft_config.TUNERS``: dora, vera, loha, ...): pl_petune's
   preset against ``get_peft_model`` with the *same* PEFT config (task type SEQ_CLS), both read from the tuner's
   recipe ``recipes/peft/<name>.yaml``.
 
-All ten models live in one process. Each round runs every (method, side) for ``--warmup + --steps`` steps in
-a rotating order; a side's throughput is the median over rounds of the steps after warm-up (timed from step
+All ten models live in one process. Each round runs every (method, side) for ``--warmup + --steps`` steps
+in ABBA order (A B, B A, B A, A B, ...); a side's throughput is the median over rounds of the steps after warm-up (timed from step
 end to step end, so set-up is not counted), in samples per CPU-second of this process: on a shared machine
 wall time mostly measures the other processes, CPU time what the step costs (wall-time ratios are printed
 too). Memory is the peak of malloc's bytes in use during a run above
@@ -34,12 +34,20 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
-
-from _common import (HeapProbe, add_threads_arg, fmt_ratio, machine, median, module_optimizer, rte_datamodule,
-                     set_threads, steady_throughput)
+from _common import (
+    HeapProbe,
+    add_threads_arg,
+    fmt_ratio,
+    machine,
+    median,
+    module_optimizer,
+    rte_datamodule,
+    set_threads,
+    steady_throughput,
+)
 
 BUILTIN = ("finetune", "lora", "prefix", "bitfit", "adapter")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "peft"
@@ -47,7 +55,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "peft"
 
 def tuners() -> tuple[str, ...]:
     """Every PEFT tuner the bridge has a preset for."""
-    from pl_petune.methods.peft_bridge import TUNERS
+    from pl_petune.methods.peft_config import TUNERS
 
     return tuple(TUNERS)
 
@@ -85,7 +93,7 @@ def hf_model(method: str):
     if method in tuners():
         from peft import get_peft_model
 
-        from pl_petune.methods.peft_bridge import TUNERS, build_config, peft_spec
+        from pl_petune.methods.peft_config import TUNERS, build_config, peft_spec
 
         config = build_config(peft_spec(tuner_args(method), TUNERS[method]))
         config.task_type = "SEQ_CLS"  # HF's own head (classifier in modules_to_save), as a PEFT user runs it
@@ -212,13 +220,24 @@ class HFStep:
         self.model.zero_grad()
 
 
+def abba(keys: list, i: int) -> list:
+    """Round ``i``'s order: A B, B A, B A, A B, ... for two sides (each side equally often first and second,
+    early and late in every four rounds); for more, a rotation that advances every two rounds, reversed on odd
+    rounds."""
+    shift = (i // 2) % len(keys)
+    order = keys[shift:] + keys[:shift]
+    return order[::-1] if i % 2 else order
+
+
 def optimizer_state_bytes(opt) -> int:
     return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
                if hasattr(v, "numel"))
 
 
-def paired(methods: list[str], dm, a) -> None:
-    """Step-level interleaving: every round runs one step of each (method, side), in a rotating order."""
+def paired(methods: list[str], dm, a) -> dict[str, dict[str, Any]]:
+    """Step-level interleaving: every round runs one step of each (method, side), in ABBA order (:func:`abba`).
+
+    Returns per method the per-round CPU and wall seconds of each side, the step peaks and optimizer state."""
     import itertools
 
     batches = list(itertools.islice(iter(dm.train_dataloader()), a.steps + a.warmup))
@@ -235,8 +254,7 @@ def paired(methods: list[str], dm, a) -> None:
     probe = HeapProbe()
     t0 = time.time()
     for i, batch in enumerate(batches):
-        order = keys[i % len(keys):] + keys[: i % len(keys)]
-        for k in (order if i % 2 == 0 else order[::-1]):
+        for k in abba(keys, i):
             w, c = time.perf_counter(), time.process_time()
             with probe:
                 sides[k](batch)
@@ -244,31 +262,40 @@ def paired(methods: list[str], dm, a) -> None:
                 cpu[k].append(time.process_time() - c)
                 wall[k].append(time.perf_counter() - w)
                 heap[k].append(probe.peak)
-        print(f"  step round {i + 1}/{len(batches)} done ({time.time() - t0:.0f}s)", flush=True)
+    print(f"  {', '.join(methods)}: {len(batches)} step rounds ({time.time() - t0:.0f}s)", flush=True)
+    return {m: {"cpu": (cpu[(m, "petune")], cpu[(m, "hf")]), "wall": (wall[(m, "petune")], wall[(m, "hf")]),
+                "heap": (heap[(m, "petune")], heap[(m, "hf")]),
+                "opt": (optimizer_state_bytes(sides[(m, "petune")].opt),
+                        optimizer_state_bytes(sides[(m, "hf")].trainer.optimizer))} for m in methods}
 
+
+def pair_ratio(ours: list[float], theirs: list[float]) -> float:
+    """Median over rounds of HF's step time over ours in the same round (> 1: ours is faster)."""
+    return median([h / p for p, h in zip(ours, theirs)])
+
+
+def print_paired(rows: dict[str, dict[str, Any]], a) -> None:
     def per_s(xs: list[float]) -> float:
         return a.batch_size / median(xs)
 
     print(f"\nbatch {a.batch_size} x length {a.max_length} (padded), RTE train; {a.steps} steps per (method, side) "
-          f"after {a.warmup} warm-up, interleaved step by step; medians")
-    print("| method | pl_petune samples/CPU-s | HF samples/CPU-s | throughput ratio (target >= 1.0x) | wall ratio | "
-          "step peak MiB pl_petune / HF | optimizer state MiB pl_petune / HF |")
-    print("|---|---|---|---|---|---|---|")
-    for m in methods:
-        p, h = per_s(cpu[(m, "petune")]), per_s(cpu[(m, "hf")])
-        pw, hw = per_s(wall[(m, "petune")]), per_s(wall[(m, "hf")])
-        pm, hm = median(heap[(m, "petune")]) / 2**20, median(heap[(m, "hf")]) / 2**20
-        po = optimizer_state_bytes(sides[(m, "petune")].opt) / 2**20
-        ho = optimizer_state_bytes(sides[(m, "hf")].trainer.optimizer) / 2**20
-        print(f"| {m} | {p:.2f} | {h:.2f} | {fmt_ratio(p / h, 1.0)} | {pw / hw:.2f}x | {pm:.0f} / {hm:.0f} | "
-              f"{po:.1f} / {ho:.1f} |")
-    print("step peak: malloc bytes in use above the step's start (activations, gradients, temporaries; "
-          "HeapProbe); optimizer state: AdamW moments, exact")
-    pet_vs_ft(methods, lambda m: median(cpu[(m, "petune")]))
+          f"after {a.warmup} warm-up, interleaved step by step in ABBA order; medians")
+    print("| method | pl_petune samples/CPU-s | HF samples/CPU-s | median per-round ratio (target >= 1.0x) | "
+          "ratio of medians | wall ratio | step peak MiB pl_petune / HF | optimizer state MiB pl_petune / HF |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m, r in rows.items():
+        p, h = per_s(r["cpu"][0]), per_s(r["cpu"][1])
+        pm, hm = median(r["heap"][0]) / 2**20, median(r["heap"][1]) / 2**20
+        print(f"| {m} | {p:.2f} | {h:.2f} | {fmt_ratio(pair_ratio(*r['cpu']), 1.0)} | {p / h:.2f}x | "
+              f"{pair_ratio(*r['wall']):.2f}x | {pm:.0f} / {hm:.0f} | {r['opt'][0] / 2**20:.1f} / "
+              f"{r['opt'][1] / 2**20:.1f} |")
+    print("ratio: samples per CPU-second, ours over HF (> 1: ours is faster); step peak: malloc bytes in use above "
+          "the step's start (activations, gradients, temporaries; HeapProbe); optimizer state: AdamW moments, exact")
+    pet_vs_ft(list(rows), lambda m: median(rows[m]["cpu"][0]))
     print("\nper-step CPU-seconds (pl_petune | HF):")
-    for m in methods:
-        print(f"  {m:9s} " + " ".join(f"{x:.2f}" for x in cpu[(m, "petune")]) + " | "
-              + " ".join(f"{x:.2f}" for x in cpu[(m, "hf")]))
+    for m, r in rows.items():
+        print(f"  {m:9s} " + " ".join(f"{x:.2f}" for x in r["cpu"][0]) + " | "
+              + " ".join(f"{x:.2f}" for x in r["cpu"][1]))
 
 
 def pet_vs_ft(methods: list[str], step_time) -> None:
@@ -325,10 +352,12 @@ def main() -> None:
     dm = rte_datamodule(a.batch_size, a.max_length, pad_to_max_length=True)
     if not a.whole_runs:
         if len(methods) <= len(BUILTIN):
-            paired(methods, dm, a)
+            rows = paired(methods, dm, a)
         else:  # many methods: one at a time, so two models are in memory, not 2 x all
+            rows = {}
             for m in methods:
-                paired([m], dm, a)
+                rows.update(paired([m], dm, a))
+        print_paired(rows, a)
         return
     sides: dict[tuple[str, str], Any] = {}
     for m in methods:
@@ -343,10 +372,7 @@ def main() -> None:
     probe = HeapProbe()
     t0 = time.time()
     for r in range(a.rounds):
-        # rotate and, every other round, reverse: each side runs early and late, first and second
-        order = keys[r % len(keys):] + keys[: r % len(keys)]
-        order = order[::-1] if r % 2 else order
-        for k in order:
+        for k in abba(keys, r):
             with probe:
                 stamps = sides[k].run(a.warmup + a.steps)
             speed[k].append(steady_throughput([c for _, c in stamps], a.warmup, a.batch_size))

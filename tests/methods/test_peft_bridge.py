@@ -18,7 +18,8 @@ import torch
 from pl_petune.cli import main
 from pl_petune.errors import ConfigError
 from pl_petune.methods import METHODS
-from pl_petune.methods.peft_bridge import NOT_APPLICABLE, TUNERS, peft_spec
+from pl_petune.methods.peft_config import TUNERS, peft_spec
+from pl_petune.methods.peft_presets import NOT_APPLICABLE
 from pl_petune.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,9 +70,10 @@ def test_bridge_lora_is_the_builtin_lora_number_for_number(tiny_bert):
 def test_every_preset_is_a_registered_method_with_its_own_name():
     for name, tuner in TUNERS.items():
         cls = METHODS[name]
-        assert cls.method_name == name and cls.__name__ == tuner.class_name and cls.tuner is tuner
+        assert cls.method_name == name and cls.__name__ == tuner.class_name and cls.tuner.config == tuner.config
     assert METHODS["peft"].method_name == "peft"
-    assert not set(NOT_APPLICABLE) & {peft_spec(t.example, t)["peft_type"] for t in TUNERS.values()}
+    assert not set(NOT_APPLICABLE) & {peft_spec(METHODS[n].params_example.get("peft"), t)["peft_type"]
+                                      for n, t in TUNERS.items()}
 
 
 @pytest.mark.parametrize("method, peft, message", [
