@@ -248,3 +248,48 @@ def test_the_class_path_form_through_petune_fit_saves_plain_hyperparameters(tmp_
     loaded = METHODS["peft"].load_from_checkpoint(rec["extra"]["best_checkpoint"], map_location="cpu",
                                                   weights_only=True)
     assert loaded.record_extra()["peft_config"] == rec["extra"]["peft_config"]
+
+
+def test_every_peft_tuner_is_a_preset_not_applicable_with_a_reason_or_the_generic_matrix_case():
+    """A PEFT release with a new tuner fails here until the tuner gets a preset (or a reason it does not apply)."""
+    from peft import PeftType
+
+    from tests.methods.test_matrix import CASES
+
+    presets = {peft_spec(METHODS[n].params_example.get("peft"), t)["peft_type"] for n, t in TUNERS.items()}
+    generic = {kw["peft"]["peft_type"] for m, kw, _ in CASES.values() if m == "peft"}
+    assert generic == {"TRAINABLE_TOKENS"}
+    assert {t.value for t in PeftType} == presets | set(NOT_APPLICABLE) | generic
+    assert not presets & set(NOT_APPLICABLE) and all(NOT_APPLICABLE.values())
+
+
+def test_a_new_preset_is_one_registered_class_and_every_part_sees_it(tiny_bert, capsys):
+    """Adding a PEFT preset: the class (its registration and Tuner) is all the library needs; the catalogue, the
+    generic bridge's refusal, parameter accounting and ``petune params`` follow from the registry."""
+    from pl_petune.methods import Peft
+    from pl_petune.methods.peft_config import ADDED, Tuner
+    from pl_petune.methods.registry import register_method, unregister_method
+
+    @register_method("trainable_tokens", added=ADDED)
+    class TrainableTokens(Peft):
+        """Trainable token embeddings (PEFT TrainableTokensConfig)."""
+        tuner = Tuner("TrainableTokensConfig", defaults={"target_modules": ["word_embeddings"]})
+
+    try:
+        assert TUNERS["trainable_tokens"].class_name == "TrainableTokens"
+        assert "peft.TrainableTokensConfig" in TrainableTokens.__doc__ and TrainableTokens.params_example == {}
+        with pytest.raises(ConfigError, match=r"is method 'trainable_tokens': use class_path "
+                                              r"pl_petune.methods.TrainableTokens"):
+            METHODS["peft"](task="cb", backbone=tiny_bert, peft={"peft_type": "TRAINABLE_TOKENS",
+                                                                 "token_indices": [101]})
+        model = TrainableTokens(task="cb", backbone=tiny_bert, peft={"token_indices": [101, 102]})
+        assert model.method_name == "trainable_tokens"
+        assert {n for n in model.trainable_names() if not n.startswith("head.")} == {
+            n for n, _ in model.named_parameters() if "trainable_tokens_delta" in n}
+        assert model.parameter_report()["added_params"] == 2 * 32  # two tokens x 32 wide, one embedding matrix
+        assert main(["params", "--method", "trainable_tokens", "--backbone", tiny_bert,
+                     "--model.init_args.peft", "{token_indices: [101]}"]) == 0
+        assert "trainable_tokens" in capsys.readouterr().out
+    finally:
+        unregister_method("trainable_tokens")
+    assert "trainable_tokens" not in TUNERS
