@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Union
 
 from pl_petune.errors import ConfigError
 from pl_petune.methods.registry import METHODS, registered_name
@@ -41,7 +41,8 @@ class Tuner:
         config: PEFT config class name (``peft.<config>``).
         fixed: fields that define the tuner, with their allowed values (another value is another tuner).
         defaults: the preset's defaults where PEFT's do not fit (the user may override them).
-        targets: ``target_modules`` per model type, used only where PEFT has no default mapping.
+        targets: ``target_modules`` per model type (names, or one regex), used only where PEFT has no default
+            mapping.
         name: the preset's registry name; :data:`TUNERS` and :func:`preset_of` fill it in.
         class_name: the preset's class, ``pl_petune.methods.<class_name>``; filled in likewise.
     """
@@ -49,7 +50,7 @@ class Tuner:
     config: str
     fixed: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, list[str]] = field(default_factory=dict)
+    targets: dict[str, Union[list[str], str]] = field(default_factory=dict)
     name: str = ""
     class_name: str = ""
 
