@@ -262,7 +262,9 @@ def paired(methods: list[str], dm, a) -> dict[str, dict[str, Any]]:
                 cpu[k].append(time.process_time() - c)
                 wall[k].append(time.perf_counter() - w)
                 heap[k].append(probe.peak)
-    print(f"  {', '.join(methods)}: {len(batches)} step rounds ({time.time() - t0:.0f}s)", flush=True)
+    ratios = "; ".join(f"{m} {pair_ratio(cpu[(m, 'petune')], cpu[(m, 'hf')]):.3f}x" for m in methods)
+    print(f"  {len(batches)} step rounds ({time.time() - t0:.0f}s); median per-round CPU ratio ours/HF: {ratios}",
+          flush=True)
     return {m: {"cpu": (cpu[(m, "petune")], cpu[(m, "hf")]), "wall": (wall[(m, "petune")], wall[(m, "hf")]),
                 "heap": (heap[(m, "petune")], heap[(m, "hf")]),
                 "opt": (optimizer_state_bytes(sides[(m, "petune")].opt),

@@ -151,8 +151,9 @@ class Peft(PetLayerMethod):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The backbone's features with the tuner active, pooled as for the plain backbone (first token of an
-        encoder, last kept token of a decoder); virtual prompt tokens are skipped."""
-        from pl_petune.decoders import decoder_inputs, pool_features
+        encoder, last kept token of a decoder, the pooler's output for ``head: pooler_linear``); virtual prompt
+        tokens are skipped."""
+        from pl_petune.decoders import decoder_inputs
 
         model = self.backbone
         kwargs: dict[str, Any] = {}
@@ -161,7 +162,7 @@ class Peft(PetLayerMethod):
         if not self._prompt_learning:
             kwargs.update(decoder_inputs(model.config, attention_mask))
             hidden = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-            return pool_features(model.config, hidden, attention_mask)
+            return self._pool(hidden, attention_mask)
         # PEFT's prompt-learning forward drops token_type_ids (segment B of a pair would silently read as A):
         # the same prompt path here, keeping them, the virtual tokens in segment 0.
         config = model.active_peft_config
@@ -174,12 +175,19 @@ class Peft(PetLayerMethod):
         if config.peft_type.value == "PREFIX_TUNING":
             out = base(input_ids=input_ids, attention_mask=torch.cat([ones, attention_mask], 1),
                        past_key_values=model.get_prompt(batch_size=batch), **kwargs)
-            return pool_features(model.config, out.last_hidden_state, attention_mask)
+            return self._pool(out.last_hidden_state, attention_mask)
         embeds = model.word_embeddings(input_ids)
         prompts = model.get_prompt(batch_size=batch).to(embeds.dtype)
         out = base(inputs_embeds=torch.cat([prompts, embeds], 1), attention_mask=torch.cat([ones, attention_mask], 1),
                    **kwargs)
-        return pool_features(model.config, out.last_hidden_state[:, prompts.shape[1]:], attention_mask)
+        return self._pool(out.last_hidden_state[:, prompts.shape[1]:], attention_mask)
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from pl_petune.decoders import pool_features
+
+        if self.hparams.get("head") == "pooler_linear":  # as the base module: the (pretrained) pooler's output
+            return self.backbone.get_base_model().pooler(hidden)
+        return pool_features(self.backbone.config, hidden, attention_mask)
 
     # ---- AdaLoRA: orthogonality penalty and rank allocation (what PEFT's Trainer integration does) ----------
     def _adalora(self):

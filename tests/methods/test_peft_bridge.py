@@ -293,3 +293,24 @@ def test_a_new_preset_is_one_registered_class_and_every_part_sees_it(tiny_bert, 
     finally:
         unregister_method("trainable_tokens")
     assert "trainable_tokens" not in TUNERS
+
+
+@pytest.mark.parametrize("method, peft", [("peft_lora", {"r": 2}), ("peft_prompt", {"num_virtual_tokens": 3}),
+                                          ("peft_prefix", {"num_virtual_tokens": 3})])
+def test_head_pooler_linear_reads_the_pooler_through_the_bridge(method, peft, tiny_bert):
+    """``head: pooler_linear`` means the pretrained pooler's output (tanh(W h_[CLS] + b)), with a tuner as without:
+    the bridge's features are the pooler applied to its [CLS] state, not the raw [CLS] state."""
+    model = METHODS[method](task="cb", backbone=tiny_bert, head="pooler_linear", peft=peft).eval()
+    b = _batch(4, segment_b=True)
+    with torch.no_grad():
+        pooled = model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        model.hparams["head"] = "linear"  # the same tuner's [CLS] state
+        cls_state = model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        pooler = model.backbone.get_base_model().pooler
+        expect = torch.tanh(pooler.dense(cls_state))
+    assert torch.allclose(pooled, expect, atol=1e-6) and not torch.allclose(pooled, cls_state, atol=1e-3)
+    frozen = METHODS["frozen"](task="cb", backbone=tiny_bert, head="pooler_linear").eval()
+    if method == "peft_lora":  # LoRA starts as the backbone (B = 0): the very features of a plain pooler head
+        with torch.no_grad():
+            assert torch.allclose(pooled, frozen.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
+                                  atol=1e-6)
