@@ -136,9 +136,11 @@ class Peft(PetLayerMethod):
 
     def select_trainable(self) -> set[str]:
         """The head and what PEFT made trainable; adapters PEFT put on the pooler stay frozen (the head never
-        reads the pooler, so they would get no gradient)."""
+        reads the pooler, so they would get no gradient); with ``train_pooler`` the pretrained pooler trains."""
         names = {n for n, p in self.named_parameters()
                  if n.startswith("head.") or (p.requires_grad and ".pooler." not in n)}
+        if self.hparams.get("train_pooler"):  # under PEFT the pooler is backbone.base_model.model.pooler.*
+            names |= {n for n, _ in self.named_parameters() if ".pooler." in n and not self._is_added(n)}
         if not any(n.startswith("backbone.") for n in names):
             raise ConfigError(f"method {self.method_name!r}: PEFT left no backbone parameter trainable")
         return names

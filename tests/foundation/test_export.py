@@ -44,7 +44,10 @@ def _plain_head(folder: Path) -> torch.nn.Module:
     return torch.nn.Sequential(*layers).eval()
 
 
-def _pool(desc: dict, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _pool(desc: dict, out, mask: torch.Tensor) -> torch.Tensor:
+    if desc["pooling"] == "pooler_output":
+        return out.pooler_output
+    hidden = out.last_hidden_state
     rows = torch.arange(hidden.shape[0])
     if desc["pooling"] == "last_kept_token":
         return hidden[rows, mask.shape[1] - 1 - mask.flip(-1).argmax(-1)]
@@ -72,8 +75,7 @@ def _theirs(folder: Path, backbone: str, b: dict[str, torch.Tensor]) -> torch.Te
     else:
         model = AutoModel.from_pretrained(str(folder / "backbone")).eval()
     with torch.no_grad():
-        hidden = model(**b).last_hidden_state
-        return _plain_head(folder)(_pool(desc, hidden, b["attention_mask"]))
+        return _plain_head(folder)(_pool(desc, model(**b), b["attention_mask"]))
 
 
 def _ours(rec: dict, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -85,6 +87,10 @@ def _ours(rec: dict, b: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @pytest.mark.parametrize("recipe, extra", [
     ("peft/dora.yaml", ("--model.init_args.peft.r", "2")),
+    # the head reads the pretrained pooler: head.json says so, and the PEFT model's pooler_output gives the logits
+    ("peft/peft_lora.yaml", ("--model.init_args.peft.r", "2", "--model.init_args.head", "pooler_linear")),
+    # EH-FT: the LoRA layers are gone after the stage switch and stage 2 finetuned the backbone: a backbone folder
+    ("methods/ehft_lora.yaml", ("--model.init_args.r", "2", "--trainer.max_epochs", "2")),
     pytest.param("peft/vera.yaml", (), marks=pytest.mark.slow),
     ("methods/lora.yaml", ("--model.init_args.r", "2")),
     pytest.param("methods/bitfit.yaml", (), marks=pytest.mark.slow),
@@ -98,6 +104,8 @@ def test_export_loads_with_peft_and_gives_the_same_logits(recipe, extra, tmp_pat
     assert desc["run_key"] == rec["run_key"] and desc["checkpoint_sha256"] == rec["best_checkpoint_sha256"]
     if desc["export"] == "peft_adapter":
         assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert desc["export"] == ("backbone" if recipe.startswith("methods/ehft") or "bitfit" in recipe else "peft_adapter")
+    assert desc["pooling"] == ("pooler_output" if "pooler_linear" in extra else "first_kept_token")
     b = _batch()
     theirs, ours = _theirs(out, tiny_bert, b), _ours(rec, b)
     assert torch.allclose(theirs, ours, atol=1e-5, rtol=0)
@@ -112,8 +120,7 @@ def _theirs_fresh(folder: Path, backbone: str, b: dict[str, torch.Tensor]) -> to
 
     desc = json.loads((folder / "head.json").read_text())
     with torch.no_grad():
-        hidden = AutoModel.from_pretrained(backbone).eval()(**b).last_hidden_state
-        return _plain_head(folder)(_pool(desc, hidden, b["attention_mask"]))
+        return _plain_head(folder)(_pool(desc, AutoModel.from_pretrained(backbone).eval()(**b), b["attention_mask"]))
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +163,60 @@ def test_export_refuses_an_unknown_run_and_an_existing_folder(discarded, tmp_pat
     (tmp_path / "y").mkdir()
     assert main(["export", rec["run_key"], "--out", str(tmp_path / "y"), "--store", str(tmp / "store.sqlite")]) == 2
     assert "exists; give a new folder" in capsys.readouterr().err
+
+
+def _refused(tmp: Path, rec: dict, capsys) -> str:
+    out = tmp / "exported"
+    capsys.readouterr()  # what fit printed
+    assert main(["export", rec["run_key"], "--out", str(out), "--store", str(tmp / "store.sqlite")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert not out.exists() and list(tmp.glob(".exported.tmp-*")) == []
+    return err
+
+
+@pytest.mark.parametrize("recipe, extra", [("methods/adapter.yaml", ()), ("methods/prefix.yaml", ())])
+def test_export_refuses_adapterhub_layers_before_reading_a_checkpoint(recipe, extra, tmp_path, tiny_bert, data_dir,
+                                                                      capsys):
+    """No PEFT format holds AdapterHub layers: one line naming the method and what export writes, nothing on disk,
+    and no 'keep your checkpoints' detour first (the run below kept none)."""
+    store = tmp_path / "store.sqlite"
+    argv = ["fit", "--config", str(ROOT / "recipes" / recipe), "--model.init_args.backbone", tiny_bert,
+            "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+            "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store), *extra]
+    assert main(argv) == 0
+    (rec,) = Store(store).records()
+    err = _refused(tmp_path, rec, capsys)
+    method = Path(recipe).stem
+    assert f"method {method!r} adds AdapterHub layers" in err and "no PEFT format" in err
+    assert "as a PEFT adapter (lora and the PEFT presets" in err and "as a backbone folder (finetune" in err
+    assert "kept no checkpoint" not in err
+
+
+@pytest.mark.parametrize("recipe, extra, why", [
+    # PiSSA moves the adapter's share out of W at init: the adapter over the pretrained W would count it twice
+    ("peft/pissa.yaml", ("--model.init_args.peft.r", "2"), "its init rewrote the pretrained weights"),
+    # a trained pooler lives in the base model, not in the adapter
+    ("peft/peft_lora.yaml", ("--model.init_args.peft.r", "2", "--model.init_args.head", "pooler_linear",
+                             "--model.init_args.train_pooler", "true"), "also trained backbone weights"),
+])
+def test_export_refuses_an_adapter_whose_base_is_not_the_pretrained_model(recipe, extra, why, tmp_path, tiny_bert,
+                                                                          data_dir, capsys):
+    rec = _fit(tmp_path, tiny_bert, data_dir, recipe, "--model.init_args.lr", "1e-2", *extra)
+    err = _refused(tmp_path, rec, capsys)
+    assert f"method {rec['method']!r}: " in err and "differ from the pretrained" in err and why in err
+    assert "as a PEFT adapter" in err
+
+
+@pytest.mark.parametrize("method", ["cross_attention"])
+def test_export_refuses_a_pooling_head_json_cannot_describe(method, tmp_path, capsys):
+    rec = {"run_key": "0123456789abcdef", "status": "complete", "method": method,
+           "model_class": "pl_petune.methods.CrossAttentionTuning", "extra": {}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "record.json").write_text(json.dumps(rec))
+    assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "method 'cross_attention' reads the T5 decoder" in err
+    assert not (tmp_path / "exported").exists()

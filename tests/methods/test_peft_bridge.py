@@ -314,3 +314,17 @@ def test_head_pooler_linear_reads_the_pooler_through_the_bridge(method, peft, ti
         with torch.no_grad():
             assert torch.allclose(pooled, frozen.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
                                   atol=1e-6)
+
+
+def test_train_pooler_trains_the_pooler_under_a_peft_tuner(tiny_bert):
+    """``train_pooler: true`` with ``head: pooler_linear``: the pretrained pooler trains with the tuner (it was
+    silently left frozen: under PEFT its names are backbone.base_model.model.pooler.*)."""
+    model = METHODS["peft_lora"](task="cb", backbone=tiny_bert, head="pooler_linear", train_pooler=True,
+                                 peft={"r": 2})
+    pooler = {n for n, _ in model.named_parameters() if ".pooler." in n}
+    assert pooler and pooler <= set(model.trainable_names())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model, 1)
+    assert all(not torch.equal(model.get_parameter(n), before[n]) for n in pooler)
+    frozen = METHODS["peft_lora"](task="cb", backbone=tiny_bert, head="pooler_linear", peft={"r": 2})
+    assert not {n for n in frozen.trainable_names() if ".pooler." in n}
