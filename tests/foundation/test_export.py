@@ -220,3 +220,50 @@ def test_export_refuses_a_pooling_head_json_cannot_describe(method, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "method 'cross_attention' reads the T5 decoder" in err
     assert not (tmp_path / "exported").exists()
+
+
+from tests.methods.test_decoders import PROJECTIONS, decoders  # noqa: E402,F401  (the tiny decoder folders)
+
+
+@pytest.mark.parametrize("family", ["qwen2", pytest.param("llama", marks=pytest.mark.slow)])
+def test_a_decoder_lora_run_exports_and_loads_with_peft_to_the_same_logits(family, decoders, data_dir, tmp_path,
+                                                                           capsys):
+    """A causal LM: someone else's code loads the adapter over the plain AutoModel with PeftModel.from_pretrained,
+    feeds position ids as head.json says, pools the last kept token of *left-padded* rows, and gets the logits."""
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    backbone = decoders[family]
+    store = tmp_path / "store.sqlite"
+    argv = ["fit", "--config", str(ROOT / "recipes" / "decoders" / "qwen2_lora.yaml"), "--model.init_args.backbone",
+            backbone, "--model.init_args.peft.r", "2", "--model.init_args.lr", "1e-2",
+            "--model.init_args.peft.target_modules", json.dumps(PROJECTIONS[family]),
+            "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48", "--data.batch_size",
+            "8", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--run.keep_checkpoints",
+            "true", "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store)]
+    assert main(argv) == 0
+    (rec,) = Store(store).records()
+    out = tmp_path / "exported"
+    assert main(["export", rec["run_key"], "--out", str(out), "--store", str(store)]) == 0
+    desc = json.loads((out / "head.json").read_text())
+    assert desc["export"] == "peft_adapter" and desc["pooling"] == "last_kept_token"
+    assert desc["position_ids"].startswith("cumsum(attention_mask) - 1")
+
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randint(1000, 5000, (n,), generator=g) for n in (9, 5, 7)]
+    ids = torch.full((3, 9), 102)
+    mask = torch.zeros((3, 9), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding, pad = EOS
+        ids[i, 9 - len(r):], mask[i, 9 - len(r):] = r, 1
+    theirs_model = PeftModel.from_pretrained(AutoModel.from_pretrained(backbone), str(out)).eval()
+    with torch.no_grad():
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = theirs_model(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        theirs = _plain_head(out)(hidden[:, -1])  # left padding: every row's last kept token is the last column
+        from pl_petune.export import load_module
+
+        ours = load_module(rec)(ids, mask)
+        fresh = AutoModel.from_pretrained(backbone).eval()(input_ids=ids, attention_mask=mask,
+                                                           position_ids=position_ids).last_hidden_state
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=0)
+    assert not torch.allclose(_plain_head(out)(fresh[:, -1]), ours, atol=1e-4)  # the adapter carries the training
