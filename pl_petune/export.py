@@ -12,10 +12,14 @@ What is written (into a fresh folder, atomically: a temp folder beside ``DIR`` r
   token's last hidden state it reads, or the pooler's output, and the position ids of a causal LM), the task's
   labels and the loss form, and the run's key and checkpoint hash.
 
+A PiSSA or OLoRA adapter (whose init moved part of W into the adapter) is written as PEFT converts it: a plain
+LoRA of rank 2r over the *pretrained* W. Before the folder appears, export loads what it wrote as another
+project would and checks it gives the run's features on a probe batch.
+
 Refused in one line (exit 2, nothing written): AdapterHub layers (adapter, prefix, prompt, ia3), which have no
 PEFT format; cross_attention (a T5 decoder pooling head.json cannot describe); a PEFT adapter whose base
-weights are not the pretrained ones (PiSSA/OLoRA inits, EH-FT reserve, train_pooler), which
-``PeftModel.from_pretrained`` over the pretrained model would silently get wrong.
+weights were trained too (EH-FT reserve, train_pooler), which ``PeftModel.from_pretrained`` over the
+pretrained model would silently get wrong; any export the check above finds wrong.
 
 The weights are those the run's test pass scored: the record's best checkpoint, whose SHA-256 must match the
 record (a run keeps it with ``--run.keep_checkpoints true``).
@@ -154,25 +158,39 @@ def load_module(record: dict[str, Any]):
     return model.eval()
 
 
-def _base_differs(model) -> list[str]:
-    """Names of backbone weights under the PEFT layers that differ from the pretrained backbone's (a PEFT adapter
-    is loaded over the pretrained model, so they would be lost): stage-2 training with the layers kept (EH-FT
-    reserve), a trained pooler, or an init that rewrites W (PiSSA, OLoRA)."""
+def _base_state(backbone) -> dict[str, Any]:
+    """The weights under the PEFT layers (``base_layer`` folded back into the plain names), without PEFT's own."""
+    import re
+
+    from pl_petune.methods.peft_config import ADDED
+
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    return {n.replace(".base_layer.", "."): t for n, t in base.state_dict().items()
+            if not re.search(ADDED, "." + n) and ".lora_" not in n}
+
+
+def _base_differs(model, reference: dict[str, Any]) -> list[str]:
+    """Names of backbone weights under the PEFT layers that differ from ``reference`` (the pretrained backbone's,
+    or, for an init that rewrites W, the freshly initialised module's): a PEFT adapter is loaded over the
+    pretrained model, so training them (EH-FT reserve, ``train_pooler``) would be lost."""
     import torch
 
-    from pl_petune.methods.base import load_backbone
-
-    hp = model.hparams
-    pretrained = load_backbone(hp.backbone).state_dict()
-    base = model.backbone.get_base_model() if hasattr(model.backbone, "get_base_model") else model.backbone
-    ours = {n.replace(".base_layer.", "."): t for n, t in base.state_dict().items()
-            if not model._is_added("backbone." + n)}
-    return sorted(n for n, t in pretrained.items() if n in ours and not torch.equal(ours[n], t))
+    ours = _base_state(model.backbone)
+    return sorted(n for n, t in reference.items() if n in ours and not torch.equal(ours[n], t))
 
 
-def _refuse_loaded(model, record: dict[str, Any]) -> None:
+def _initial(record: dict[str, Any], model):
+    """For an init that rewrites W (PiSSA, OLoRA): the module as initialised (the same init_seed gives the same
+    factorisation), whose adapter PEFT subtracts to write a plain LoRA over the pretrained W; else ``None``."""
+    if not getattr(model, "_rewrote_pretrained", False):
+        return None
+    return type(model)(**{k: v for k, v in model.hparams.items() if not k.startswith("_")}).eval()
+
+
+def _refuse_loaded(model, record: dict[str, Any], initial) -> None:
     """Refuse a loaded module whose tested function the chosen export would not reproduce."""
     from pl_petune.methods import LoRA, Peft  # type: ignore[attr-defined]
+    from pl_petune.methods.base import load_backbone
 
     method = record.get("method") or model.method_name
     if not getattr(model, "pet_parameter_names", list)():
@@ -180,14 +198,53 @@ def _refuse_loaded(model, record: dict[str, Any]) -> None:
     if not isinstance(model, (Peft, LoRA)):
         raise UsageError(f"method {method!r} kept its AdapterHub layers into stage 2 (EH-FT reserve), which have no "
                          f"PEFT format; {EXPORTS}")
-    changed = _base_differs(model)
+    reference = _base_state(initial.backbone) if initial is not None else \
+        load_backbone(model.hparams.backbone).state_dict()
+    changed = _base_differs(model, reference)
     if changed:
-        why = ("its init rewrote the pretrained weights (W keeps the residual)" if getattr(
-            model, "_rewrote_pretrained", False) else "the run also trained backbone weights under the adapter "
-            "(EH-FT reserve, or train_pooler)")
         raise UsageError(f"method {method!r}: {len(changed)} backbone tensors (e.g. {changed[0]}) differ from the "
                          f"pretrained {model.hparams.backbone!r}, so a PEFT adapter over it would not give this run's "
-                         f"logits: {why}; {EXPORTS}")
+                         "logits: the run also trained backbone weights under the adapter (EH-FT reserve, or "
+                         f"train_pooler); {EXPORTS}")
+
+
+def _verify(folder: Path, model, desc: dict[str, Any]) -> None:
+    """Load what was written as another project would (``PeftModel.from_pretrained`` over the pretrained model, or
+    the backbone folder) and check it gives the run's features on a probe batch (one row right-padded).
+
+    Raises:
+        UsageError: it does not (nothing is written then).
+    """
+    import torch
+    from transformers import AutoModel
+
+    from pl_petune.decoders import pool_features
+    from pl_petune.methods.base import load_backbone
+
+    config = model.backbone.config
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, min(int(getattr(config, "vocab_size", 1000)), 5000), (2, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    if desc["export"] == "peft_adapter":
+        from peft import PeftModel
+
+        theirs_model = PeftModel.from_pretrained(load_backbone(model.hparams.backbone), str(folder))
+    else:
+        theirs_model = AutoModel.from_pretrained(str(folder / "backbone"))
+    with torch.no_grad():
+        out = theirs_model.eval()(input_ids=ids, attention_mask=mask)
+        if desc["pooling"] == "pooler_output":
+            theirs = out.pooler_output
+        else:
+            hidden = out.last_hidden_state
+            theirs = pool_features(config, hidden[:, hidden.shape[1] - ids.shape[1]:], mask)  # past virtual tokens
+        ours = model.encode(ids, mask)
+    if theirs.shape != ours.shape or not torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4):
+        gap = float((theirs - ours).abs().max()) if theirs.shape == ours.shape else float("nan")
+        raise UsageError(f"method {desc['method']!r}: the exported files loaded as PEFT/transformers load them do not "
+                         f"give this run's features (max difference {gap:.2g} on a probe batch), so nothing was "
+                         f"written; {EXPORTS}")
 
 
 def head_description(model) -> dict[str, Any]:
@@ -246,18 +303,32 @@ def export(record: dict[str, Any], out: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     from pl_petune.methods import LoRA, Peft  # type: ignore[attr-defined]
+    from pl_petune.methods.peft_config import ADAPTER
 
     out = Path(out)
     if out.exists():
         raise UsageError(f"--out {str(out)!r} exists; give a new folder")
     refuse_early(record)
     model = load_module(record)
-    _refuse_loaded(model, record)
+    initial = _initial(record, model)
+    _refuse_loaded(model, record, initial)
     adapter = bool(model.pet_parameter_names()) if isinstance(model, (Peft, LoRA)) else False
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir(parents=True)
     try:
-        if adapter and isinstance(model, Peft):
+        if adapter and isinstance(model, Peft) and initial is not None:
+            # PEFT's own conversion: ΔW = trained B·A − initial B₀·A₀ as a plain LoRA of rank 2r over the pretrained W
+            import tempfile
+
+            init_dir = Path(tempfile.mkdtemp(prefix="petune_init_", dir=tmp.parent))  # PEFT: no "." in its name
+            try:
+                initial.backbone.save_pretrained(str(init_dir), selected_adapters=[ADAPTER])
+                model.backbone.save_pretrained(str(tmp), selected_adapters=[ADAPTER],
+                                               path_initial_model_for_weight_conversion=str(init_dir))
+            finally:
+                shutil.rmtree(init_dir, ignore_errors=True)
+            kind = "peft_adapter"
+        elif adapter and isinstance(model, Peft):
             model.export(str(tmp))
             kind = "peft_adapter"
         elif adapter:
@@ -271,6 +342,7 @@ def export(record: dict[str, Any], out: str | os.PathLike) -> Path:
         desc = {**head_description(model), "export": kind, "base_model": model.hparams.backbone,
                 "run_key": record["run_key"], "checkpoint_sha256": record["best_checkpoint_sha256"]}
         (tmp / "head.json").write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n")
+        _verify(tmp, model, desc)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
