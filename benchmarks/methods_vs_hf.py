@@ -4,29 +4,29 @@ Same model (the offline MiniLM, 6 x 384), same data (RTE train under the fair pr
 same batch and sequence length (every batch padded to ``--max-length``, so both sides do the same work per
 step), gradient clipping at 1.0 and AdamW on both sides, dropout on, one torch thread (``--threads``).
 
-- pl_petune: the method's LightningModule in a Lightning ``Trainer`` (no logger, no checkpoint, no validation).
-- HF: ``AutoModelForSequenceClassification`` in ``transformers.Trainer``; LoRA (query, value; r 8, alpha 16)
-  and prefix tuning (16 virtual tokens) through PEFT's ``get_peft_model``, BitFit by ``requires_grad`` on the
-  biases and the classifier, the Pfeiffer adapter (reduction 16) through AdapterHub ``adapters``.
+- pl_petune: one step of the method's LightningModule as Lightning's automatic optimisation runs it
+  (:class:`PetuneStep`); HF: one step of ``AutoModelForSequenceClassification`` as ``transformers.Trainer``'s
+  inner loop runs it (:class:`HFStep`). LoRA (query, value; r 8, alpha 16) and prefix tuning (16 virtual
+  tokens) through PEFT's ``get_peft_model``, BitFit by ``requires_grad`` on the biases and the classifier, the
+  Pfeiffer adapter (reduction 16) through AdapterHub ``adapters``.
 - Every PEFT tuner of the bridge (``pl_petune.methods.peft_config.TUNERS``: dora, vera, loha, ...): pl_petune's
   preset against ``get_peft_model`` with the *same* PEFT config (task type SEQ_CLS), both read from the tuner's
   recipe ``recipes/peft/<name>.yaml``.
 
-All ten models live in one process. Each round runs every (method, side) for ``--warmup + --steps`` steps
-in ABBA order (A B, B A, B A, A B, ...); a side's throughput is the median over rounds of the steps after warm-up (timed from step
-end to step end, so set-up is not counted), in samples per CPU-second of this process: on a shared machine
-wall time mostly measures the other processes, CPU time what the step costs (wall-time ratios are printed
-too). Memory is the peak of malloc's bytes in use during a run above
-what was in use at its start (gradients, optimizer state, activations, batches; see ``HeapProbe``), median
-over rounds. Also printed: each PET method's step time as a fraction of full finetuning's, from the same
-pl_petune runs.
+The two sides of a method step in ABBA order (A B, B A, B A, A B, ...: each side equally often first, and early
+and late), on the same batches. The ratio is the median over rounds of the two sides' step times in the same
+round, in CPU-seconds of this process: on a shared machine wall time mostly measures the other processes
+(wall-time ratios are printed too). Memory is the peak of malloc's bytes in use during a step above what was in
+use at its start (see ``HeapProbe``), median over rounds; optimizer state is exact. With the five built-in
+methods (the default) all ten models step in one interleaved group, and each PET method's step time is also
+printed as a fraction of full finetuning's; ``--methods all`` or ``tuners`` measures each method on its own (two
+models in memory at a time), minutes apart, so only the per-method ratios compare.
 
-Usage: python benchmarks/methods_vs_hf.py [--methods finetune,lora,prefix,bitfit,adapter | all | tuners]
-       [--rounds 2] [--steps 2] [--warmup 1] [--batch-size 8] [--max-length 64] [--quick]
-The defaults take about 3 minutes on 2 busy CPU cores; raise --steps and --rounds on a quiet machine.
-``--methods all`` adds every PEFT tuner (each method is then measured on its own, its two sides interleaved, so
-only two models are in memory at a time); ``--quick`` is a smoke run (1 timed step, batch 2 x length 16, every
-method unless --methods says otherwise): it proves each pair builds and steps, its numbers mean nothing.
+Usage: python benchmarks/methods_vs_hf.py [--methods finetune,lora,prefix,bitfit,adapter | all | tuners | a,b]
+       [--steps 6] [--warmup 1] [--batch-size 8] [--max-length 64] [--quick] [--whole-runs --rounds 2]
+``--quick`` is a smoke run (1 timed step, batch 2 x length 16, every method unless --methods says otherwise): it
+proves each pair builds and steps, its numbers mean nothing. ``--whole-runs`` times whole ``Trainer.fit`` /
+``Trainer.train`` runs instead (a quiet machine's measure: it includes each framework's loop).
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ class HFStep:
         from transformers import Trainer, TrainingArguments
 
         self.model = hf_model(method)
-        args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hf_bench_"), per_device_train_batch_size=batch_size,
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hf_bench_"),
+                                 per_device_train_batch_size=batch_size,
                                  learning_rate=1e-4, max_grad_norm=1.0, report_to=[], save_strategy="no",
                                  disable_tqdm=True, use_cpu=True, seed=1, max_steps=1)
         self.trainer = Trainer(model=self.model, args=args, train_dataset=dm.datasets["train"])
@@ -293,7 +294,11 @@ def print_paired(rows: dict[str, dict[str, Any]], a) -> None:
               f"{r['opt'][1] / 2**20:.1f} |")
     print("ratio: samples per CPU-second, ours over HF (> 1: ours is faster); step peak: malloc bytes in use above "
           "the step's start (activations, gradients, temporaries; HeapProbe); optimizer state: AdamW moments, exact")
-    pet_vs_ft(list(rows), lambda m: median(rows[m]["cpu"][0]))
+    if len(rows) <= len(BUILTIN):  # measured together, interleaved: their step times compare
+        pet_vs_ft(list(rows), lambda m: median(rows[m]["cpu"][0]))
+    else:
+        print("\n(PET step / FT step is printed only for methods measured in one interleaved group: here each "
+              "method was measured on its own, minutes apart, and absolute step times follow the machine's load)")
     print("\nper-step CPU-seconds (pl_petune | HF):")
     for m, r in rows.items():
         print(f"  {m:9s} " + " ".join(f"{x:.2f}" for x in r["cpu"][0]) + " | "
