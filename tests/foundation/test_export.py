@@ -94,6 +94,8 @@ def _ours(rec: dict, b: dict[str, torch.Tensor]) -> torch.Tensor:
     ("peft/pissa.yaml", ("--model.init_args.peft.r", "2")),
     # EH-FT: the LoRA layers are gone after the stage switch and stage 2 finetuned the backbone: a backbone folder
     ("methods/ehft_lora.yaml", ("--model.init_args.r", "2", "--trainer.max_epochs", "2")),
+    # the same with AdapterHub's prefix in stage 1: no PEFT format needed once the prefix is dropped
+    pytest.param("methods/ehft_prefix.yaml", ("--trainer.max_epochs", "2"), marks=pytest.mark.slow),
     pytest.param("peft/vera.yaml", (), marks=pytest.mark.slow),
     ("methods/lora.yaml", ("--model.init_args.r", "2")),
     pytest.param("methods/bitfit.yaml", (), marks=pytest.mark.slow),
