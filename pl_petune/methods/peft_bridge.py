@@ -111,8 +111,8 @@ class Peft(PetLayerMethod):
         mtype = getattr(self.backbone.config, "model_type", "")
         tuner = preset_of(type(self))
         if getattr(config, "target_modules", "unset") is None and tuner is not None and mtype in tuner.targets:
-            targets = tuner.targets[mtype]
-            config.target_modules = targets if isinstance(targets, str) else set(targets)
+            preset_targets = tuner.targets[mtype]
+            config.target_modules = preset_targets if isinstance(preset_targets, str) else set(preset_targets)
         if getattr(config, "exclude_modules", "unset") is None and hasattr(self.backbone, "pooler"):
             config.exclude_modules = ["pooler.dense"]  # the head never reads the pooler: no dead adapter on it
         before = _fingerprints(self.backbone)

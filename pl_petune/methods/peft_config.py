@@ -50,7 +50,7 @@ class Tuner:
     config: str
     fixed: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, Union[list[str], str]] = field(default_factory=dict)
+    targets: Mapping[str, Union[list[str], str]] = field(default_factory=dict)
     name: str = ""
     class_name: str = ""
 
