@@ -154,6 +154,7 @@ def load_module(record: dict[str, Any]):
     pet = set(getattr(model, "pet_parameter_names", list)())
     if pet and not pet & set(state):
         model.drop_pet_layers()
+    model.on_load_checkpoint(ckpt)  # as Lightning's loader: the module's own state (AdaLoRA's rank pattern, ...)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
