@@ -4,29 +4,29 @@ Same model (the offline MiniLM, 6 x 384), same data (RTE train under the fair pr
 same batch and sequence length (every batch padded to ``--max-length``, so both sides do the same work per
 step), gradient clipping at 1.0 and AdamW on both sides, dropout on, one torch thread (``--threads``).
 
-- pl_petune: the method's LightningModule in a Lightning ``Trainer`` (no logger, no checkpoint, no validation).
-- HF: ``AutoModelForSequenceClassification`` in ``transformers.Trainer``; LoRA (query, value; r 8, alpha 16)
-  and prefix tuning (16 virtual tokens) through PEFT's ``get_peft_model``, BitFit by ``requires_grad`` on the
-  biases and the classifier, the Pfeiffer adapter (reduction 16) through AdapterHub ``adapters``.
-- Every PEFT tuner of the bridge (``pl_petune.methods.peft_bridge.TUNERS``: dora, vera, loha, ...): pl_petune's
+- pl_petune: one step of the method's LightningModule as Lightning's automatic optimisation runs it
+  (:class:`PetuneStep`); HF: one step of ``AutoModelForSequenceClassification`` as ``transformers.Trainer``'s
+  inner loop runs it (:class:`HFStep`). LoRA (query, value; r 8, alpha 16) and prefix tuning (16 virtual
+  tokens) through PEFT's ``get_peft_model``, BitFit by ``requires_grad`` on the biases and the classifier, the
+  Pfeiffer adapter (reduction 16) through AdapterHub ``adapters``.
+- Every PEFT tuner of the bridge (``pl_petune.methods.peft_config.TUNERS``: dora, vera, loha, ...): pl_petune's
   preset against ``get_peft_model`` with the *same* PEFT config (task type SEQ_CLS), both read from the tuner's
   recipe ``recipes/peft/<name>.yaml``.
 
-All ten models live in one process. Each round runs every (method, side) for ``--warmup + --steps`` steps in
-a rotating order; a side's throughput is the median over rounds of the steps after warm-up (timed from step
-end to step end, so set-up is not counted), in samples per CPU-second of this process: on a shared machine
-wall time mostly measures the other processes, CPU time what the step costs (wall-time ratios are printed
-too). Memory is the peak of malloc's bytes in use during a run above
-what was in use at its start (gradients, optimizer state, activations, batches; see ``HeapProbe``), median
-over rounds. Also printed: each PET method's step time as a fraction of full finetuning's, from the same
-pl_petune runs.
+The two sides of a method step in ABBA order (A B, B A, B A, A B, ...: each side equally often first, and early
+and late), on the same batches. The ratio is the median over rounds of the two sides' step times in the same
+round, in CPU-seconds of this process: on a shared machine wall time mostly measures the other processes
+(wall-time ratios are printed too). Memory is the peak of malloc's bytes in use during a step above what was in
+use at its start (see ``HeapProbe``), median over rounds; optimizer state is exact. With the five built-in
+methods (the default) all ten models step in one interleaved group, and each PET method's step time is also
+printed as a fraction of full finetuning's; ``--methods all`` or ``tuners`` measures each method on its own (two
+models in memory at a time), minutes apart, so only the per-method ratios compare.
 
-Usage: python benchmarks/methods_vs_hf.py [--methods finetune,lora,prefix,bitfit,adapter | all | tuners]
-       [--rounds 2] [--steps 2] [--warmup 1] [--batch-size 8] [--max-length 64] [--quick]
-The defaults take about 3 minutes on 2 busy CPU cores; raise --steps and --rounds on a quiet machine.
-``--methods all`` adds every PEFT tuner (each method is then measured on its own, its two sides interleaved, so
-only two models are in memory at a time); ``--quick`` is a smoke run (1 timed step, batch 2 x length 16, every
-method unless --methods says otherwise): it proves each pair builds and steps, its numbers mean nothing.
+Usage: python benchmarks/methods_vs_hf.py [--methods finetune,lora,prefix,bitfit,adapter | all | tuners | a,b]
+       [--steps 6] [--warmup 1] [--batch-size 8] [--max-length 64] [--quick] [--whole-runs --rounds 2]
+``--quick`` is a smoke run (1 timed step, batch 2 x length 16, every method unless --methods says otherwise): it
+proves each pair builds and steps, its numbers mean nothing. ``--whole-runs`` times whole ``Trainer.fit`` /
+``Trainer.train`` runs instead (a quiet machine's measure: it includes each framework's loop).
 """
 
 from __future__ import annotations
@@ -34,12 +34,20 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
-
-from _common import (HeapProbe, add_threads_arg, fmt_ratio, machine, median, module_optimizer, rte_datamodule,
-                     set_threads, steady_throughput)
+from _common import (
+    HeapProbe,
+    add_threads_arg,
+    fmt_ratio,
+    machine,
+    median,
+    module_optimizer,
+    rte_datamodule,
+    set_threads,
+    steady_throughput,
+)
 
 BUILTIN = ("finetune", "lora", "prefix", "bitfit", "adapter")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "peft"
@@ -47,7 +55,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "peft"
 
 def tuners() -> tuple[str, ...]:
     """Every PEFT tuner the bridge has a preset for."""
-    from pl_petune.methods.peft_bridge import TUNERS
+    from pl_petune.methods.peft_config import TUNERS
 
     return tuple(TUNERS)
 
@@ -85,7 +93,7 @@ def hf_model(method: str):
     if method in tuners():
         from peft import get_peft_model
 
-        from pl_petune.methods.peft_bridge import TUNERS, build_config, peft_spec
+        from pl_petune.methods.peft_config import TUNERS, build_config, peft_spec
 
         config = build_config(peft_spec(tuner_args(method), TUNERS[method]))
         config.task_type = "SEQ_CLS"  # HF's own head (classifier in modules_to_save), as a PEFT user runs it
@@ -196,7 +204,8 @@ class HFStep:
         from transformers import Trainer, TrainingArguments
 
         self.model = hf_model(method)
-        args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hf_bench_"), per_device_train_batch_size=batch_size,
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hf_bench_"),
+                                 per_device_train_batch_size=batch_size,
                                  learning_rate=1e-4, max_grad_norm=1.0, report_to=[], save_strategy="no",
                                  disable_tqdm=True, use_cpu=True, seed=1, max_steps=1)
         self.trainer = Trainer(model=self.model, args=args, train_dataset=dm.datasets["train"])
@@ -212,13 +221,24 @@ class HFStep:
         self.model.zero_grad()
 
 
+def abba(keys: list, i: int) -> list:
+    """Round ``i``'s order: A B, B A, B A, A B, ... for two sides (each side equally often first and second,
+    early and late in every four rounds); for more, a rotation that advances every two rounds, reversed on odd
+    rounds."""
+    shift = (i // 2) % len(keys)
+    order = keys[shift:] + keys[:shift]
+    return order[::-1] if i % 2 else order
+
+
 def optimizer_state_bytes(opt) -> int:
     return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
                if hasattr(v, "numel"))
 
 
-def paired(methods: list[str], dm, a) -> None:
-    """Step-level interleaving: every round runs one step of each (method, side), in a rotating order."""
+def paired(methods: list[str], dm, a) -> dict[str, dict[str, Any]]:
+    """Step-level interleaving: every round runs one step of each (method, side), in ABBA order (:func:`abba`).
+
+    Returns per method the per-round CPU and wall seconds of each side, the step peaks and optimizer state."""
     import itertools
 
     batches = list(itertools.islice(iter(dm.train_dataloader()), a.steps + a.warmup))
@@ -235,8 +255,7 @@ def paired(methods: list[str], dm, a) -> None:
     probe = HeapProbe()
     t0 = time.time()
     for i, batch in enumerate(batches):
-        order = keys[i % len(keys):] + keys[: i % len(keys)]
-        for k in (order if i % 2 == 0 else order[::-1]):
+        for k in abba(keys, i):
             w, c = time.perf_counter(), time.process_time()
             with probe:
                 sides[k](batch)
@@ -244,31 +263,46 @@ def paired(methods: list[str], dm, a) -> None:
                 cpu[k].append(time.process_time() - c)
                 wall[k].append(time.perf_counter() - w)
                 heap[k].append(probe.peak)
-        print(f"  step round {i + 1}/{len(batches)} done ({time.time() - t0:.0f}s)", flush=True)
+    ratios = "; ".join(f"{m} {pair_ratio(cpu[(m, 'petune')], cpu[(m, 'hf')]):.3f}x" for m in methods)
+    print(f"  {len(batches)} step rounds ({time.time() - t0:.0f}s); median per-round CPU ratio ours/HF: {ratios}",
+          flush=True)
+    return {m: {"cpu": (cpu[(m, "petune")], cpu[(m, "hf")]), "wall": (wall[(m, "petune")], wall[(m, "hf")]),
+                "heap": (heap[(m, "petune")], heap[(m, "hf")]),
+                "opt": (optimizer_state_bytes(sides[(m, "petune")].opt),
+                        optimizer_state_bytes(sides[(m, "hf")].trainer.optimizer))} for m in methods}
 
+
+def pair_ratio(ours: list[float], theirs: list[float]) -> float:
+    """Median over rounds of HF's step time over ours in the same round (> 1: ours is faster)."""
+    return median([h / p for p, h in zip(ours, theirs)])
+
+
+def print_paired(rows: dict[str, dict[str, Any]], a) -> None:
     def per_s(xs: list[float]) -> float:
         return a.batch_size / median(xs)
 
     print(f"\nbatch {a.batch_size} x length {a.max_length} (padded), RTE train; {a.steps} steps per (method, side) "
-          f"after {a.warmup} warm-up, interleaved step by step; medians")
-    print("| method | pl_petune samples/CPU-s | HF samples/CPU-s | throughput ratio (target >= 1.0x) | wall ratio | "
-          "step peak MiB pl_petune / HF | optimizer state MiB pl_petune / HF |")
-    print("|---|---|---|---|---|---|---|")
-    for m in methods:
-        p, h = per_s(cpu[(m, "petune")]), per_s(cpu[(m, "hf")])
-        pw, hw = per_s(wall[(m, "petune")]), per_s(wall[(m, "hf")])
-        pm, hm = median(heap[(m, "petune")]) / 2**20, median(heap[(m, "hf")]) / 2**20
-        po = optimizer_state_bytes(sides[(m, "petune")].opt) / 2**20
-        ho = optimizer_state_bytes(sides[(m, "hf")].trainer.optimizer) / 2**20
-        print(f"| {m} | {p:.2f} | {h:.2f} | {fmt_ratio(p / h, 1.0)} | {pw / hw:.2f}x | {pm:.0f} / {hm:.0f} | "
-              f"{po:.1f} / {ho:.1f} |")
-    print("step peak: malloc bytes in use above the step's start (activations, gradients, temporaries; "
-          "HeapProbe); optimizer state: AdamW moments, exact")
-    pet_vs_ft(methods, lambda m: median(cpu[(m, "petune")]))
+          f"after {a.warmup} warm-up, interleaved step by step in ABBA order; medians")
+    print("| method | pl_petune samples/CPU-s | HF samples/CPU-s | median per-round ratio (target >= 1.0x) | "
+          "ratio of medians | wall ratio | step peak MiB pl_petune / HF | optimizer state MiB pl_petune / HF |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m, r in rows.items():
+        p, h = per_s(r["cpu"][0]), per_s(r["cpu"][1])
+        pm, hm = median(r["heap"][0]) / 2**20, median(r["heap"][1]) / 2**20
+        print(f"| {m} | {p:.2f} | {h:.2f} | {fmt_ratio(pair_ratio(*r['cpu']), 1.0)} | {p / h:.2f}x | "
+              f"{pair_ratio(*r['wall']):.2f}x | {pm:.0f} / {hm:.0f} | {r['opt'][0] / 2**20:.1f} / "
+              f"{r['opt'][1] / 2**20:.1f} |")
+    print("ratio: samples per CPU-second, ours over HF (> 1: ours is faster); step peak: malloc bytes in use above "
+          "the step's start (activations, gradients, temporaries; HeapProbe); optimizer state: AdamW moments, exact")
+    if len(rows) <= len(BUILTIN):  # measured together, interleaved: their step times compare
+        pet_vs_ft(list(rows), lambda m: median(rows[m]["cpu"][0]))
+    else:
+        print("\n(PET step / FT step is printed only for methods measured in one interleaved group: here each "
+              "method was measured on its own, minutes apart, and absolute step times follow the machine's load)")
     print("\nper-step CPU-seconds (pl_petune | HF):")
-    for m in methods:
-        print(f"  {m:9s} " + " ".join(f"{x:.2f}" for x in cpu[(m, "petune")]) + " | "
-              + " ".join(f"{x:.2f}" for x in cpu[(m, "hf")]))
+    for m, r in rows.items():
+        print(f"  {m:9s} " + " ".join(f"{x:.2f}" for x in r["cpu"][0]) + " | "
+              + " ".join(f"{x:.2f}" for x in r["cpu"][1]))
 
 
 def pet_vs_ft(methods: list[str], step_time) -> None:
@@ -325,10 +359,12 @@ def main() -> None:
     dm = rte_datamodule(a.batch_size, a.max_length, pad_to_max_length=True)
     if not a.whole_runs:
         if len(methods) <= len(BUILTIN):
-            paired(methods, dm, a)
+            rows = paired(methods, dm, a)
         else:  # many methods: one at a time, so two models are in memory, not 2 x all
+            rows = {}
             for m in methods:
-                paired([m], dm, a)
+                rows.update(paired([m], dm, a))
+        print_paired(rows, a)
         return
     sides: dict[tuple[str, str], Any] = {}
     for m in methods:
@@ -343,10 +379,7 @@ def main() -> None:
     probe = HeapProbe()
     t0 = time.time()
     for r in range(a.rounds):
-        # rotate and, every other round, reverse: each side runs early and late, first and second
-        order = keys[r % len(keys):] + keys[: r % len(keys)]
-        order = order[::-1] if r % 2 else order
-        for k in order:
+        for k in abba(keys, r):
             with probe:
                 stamps = sides[k].run(a.warmup + a.steps)
             speed[k].append(steady_throughput([c for _, c in stamps], a.warmup, a.batch_size))

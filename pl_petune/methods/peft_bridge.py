@@ -17,22 +17,31 @@ EH-FT's head warm start). A recipe names the tuner by its PEFT config:
 Unset ``target_modules`` take PEFT's default for the backbone's model type (BERT/RoBERTa: query, value; Llama,
 Qwen2, Mistral: q_proj, v_proj; GPT-2: c_attn).
 
-Every tuner that applies to sequence classification on an encoder has a preset (:data:`TUNERS`); each is a
-registered method, so its runs carry its own name (``dora``, ``vera``, ...) and never mix in a report. The
-generic :class:`Peft` (``peft``) takes any other PEFT config (a tuner newer than this table) and refuses one
-that has a preset, naming the preset to use. Tuners that do not apply are listed in :data:`NOT_APPLICABLE`.
+Every tuner that applies to sequence classification on an encoder has a preset, a registered subclass that
+names its config (:mod:`pl_petune.methods.peft_presets`), so its runs carry its own name (``dora``, ``vera``,
+...) and never mix in a report. The generic :class:`Peft` (``peft``) takes any other PEFT config (a tuner newer
+than the catalogue) and refuses one that has a preset, naming the preset to use. The configs themselves are
+checked and kept as plain data by :mod:`pl_petune.methods.peft_config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Union, cast
 
 import torch
 
 from pl_petune.errors import ConfigError
+from pl_petune.methods.peft_config import (
+    ADAPTER,
+    ADDED,
+    TUNERS,
+    NeedsWeights,
+    Tuner,
+    build_config,
+    peft_spec,
+    preset_of,
+)
 from pl_petune.methods.pet import PetLayerMethod
 from pl_petune.methods.registry import register_method
 
@@ -41,292 +50,7 @@ try:  # the type jsonargparse needs to offer ``class_path: peft.<X>Config``
 except ImportError:  # pragma: no cover - peft is a dependency
     PeftConfig = Any  # type: ignore[misc,assignment]
 
-ADAPTER = "default"  # PEFT's adapter name: export and PeftModel.from_pretrained load it without a subfolder
-# Every parameter PEFT adds lives under its adapter name (lora_A.default.weight, vera_lambda_b.default,
-# ln_tuning_layers.default.weight, prompt_encoder.default.embedding.weight, modules_to_save.default.*).
-ADDED = r"\." + ADAPTER + r"(?:\.|$)"
-# Config fields the bridge owns: the task type (our head reads features), and training mode.
-RESERVED = ("task_type", "inference_mode", "base_model_name_or_path", "revision", "peft_version", "auto_mapping")
-
-# PEFT tuners that do not apply to sequence classification on an encoder, and why (probed with peft 0.21.2).
-NOT_APPLICABLE = {
-    "ADAPTION_PROMPT": "LLaMA-Adapter's gated prompts are patched into Llama-family attention only",
-    "MULTITASK_PROMPT_TUNING": "needs task_ids per example (multi-task prompt sharing); one task per run here",
-    "POLY": "needs task_ids per example (multi-task routing over a LoRA inventory)",
-    "XLORA": "a mixture of already trained LoRA experts; needs those adapters and a causal LM with use_cache=False",
-    "CPT": "context-aware prompt tuning of causal LMs over in-context examples (token-type masks per example)",
-    "CARTRIDGE": "a trained KV-cache prefix for causal-LM generation; no prompt-learning path for encoders",
-    "SHADOW": "fails on BERT in peft 0.21.2 ('ShadowCarrier' object has no attribute 'view')",
-}
-
-
-class NeedsWeights(ConfigError):
-    """The tuner's init reads the weights (SVD, permutations), so it cannot be built on the meta device."""
-
-
-@dataclass(frozen=True)
-class Tuner:
-    """A preset: a PEFT config class with the fields that make it this tuner.
-
-    Args:
-        name: registry name (records, ``petune params --method``).
-        class_name: the class, ``pl_petune.methods.<class_name>``.
-        config: PEFT config class name (``peft.<config>``).
-        fixed: fields that define the tuner, with their allowed values (another value is another tuner).
-        defaults: the preset's defaults where PEFT's do not fit (the user may override them).
-        targets: ``target_modules`` per model type, used only where PEFT has no default mapping.
-        doc: one line: the paper and what trains.
-        example: arguments the config requires with no default, for ``petune params --all``.
-    """
-
-    name: str
-    class_name: str
-    config: str
-    fixed: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    defaults: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, list[str]] = field(default_factory=dict)
-    doc: str = ""
-    example: dict[str, Any] = field(default_factory=dict)
-
-
-_ENCODER_LN = {"bert": ["LayerNorm"], "roberta": ["LayerNorm"]}
-_ENCODER_LINEAR = {"bert": ["query", "key", "value", "dense"], "roberta": ["query", "key", "value", "dense"]}
-_NO_VARIANT = {"use_dora": (False,), "use_rslora": (False,)}
-
-TUNERS: dict[str, Tuner] = {t.name: t for t in (
-    Tuner("peft_lora", "PeftLoRA", "LoraConfig", {**_NO_VARIANT, "init_lora_weights": (True, "gaussian", False)},
-          doc="LoRA (Hu et al., 2022) through the bridge: W x + (α/r)·B A x; any PEFT LoRA argument"),
-    Tuner("dora", "DoRA", "LoraConfig", {"use_dora": (True,), "use_rslora": (False,)},
-          doc="DoRA (Liu et al., 2024): LoRA on the direction, a trained magnitude vector per output"),
-    Tuner("rslora", "RsLoRA", "LoraConfig", {"use_rslora": (True,), "use_dora": (False,)},
-          doc="rsLoRA (Kalajdzievski, 2023): LoRA scaled by α/√r instead of α/r"),
-    Tuner("pissa", "PiSSA", "LoraConfig", {**_NO_VARIANT, "init_lora_weights": ("pissa",)},
-          doc="PiSSA (Meng et al., 2024): LoRA initialised from the top singular vectors of W (W keeps the rest)"),
-    Tuner("olora", "OLoRA", "LoraConfig", {**_NO_VARIANT, "init_lora_weights": ("olora",)},
-          doc="OLoRA (Büyükakyüz, 2024): LoRA initialised from a QR decomposition of W (W keeps the rest)"),
-    Tuner("adalora", "AdaLoRA", "AdaLoraConfig", example={"total_step": 1000},
-          doc="AdaLoRA (Zhang et al., 2023): SVD-form LoRA whose ranks are pruned by importance during training; "
-              "set total_step (the run's optimizer steps)"),
-    Tuner("vera", "VeRA", "VeraConfig",
-          doc="VeRA (Kopiczko et al., 2024): frozen shared random A, B; trained scaling vectors d, b"),
-    Tuner("loha", "LoHa", "LoHaConfig", doc="LoHa (Hyeon-Woo et al., 2022): low-rank Hadamard product update"),
-    Tuner("lokr", "LoKr", "LoKrConfig", doc="LoKr (Yeh et al., 2024): low-rank Kronecker product update"),
-    Tuner("oft", "OFT", "OFTConfig", doc="OFT (Qiu et al., 2023): a trained block-diagonal orthogonal rotation of W"),
-    Tuner("boft", "BOFT", "BOFTConfig", defaults={"boft_block_size": 4},
-          doc="BOFT (Liu et al., 2024): orthogonal update as a butterfly product of sparse rotations"),
-    Tuner("fourierft", "FourierFT", "FourierFTConfig",
-          doc="FourierFT (Gao et al., 2024): n trained spectral coefficients per layer, inverse DFT to ΔW"),
-    Tuner("peft_ia3", "PeftIA3", "IA3Config",
-          doc="(IA)³ (Liu et al., 2022) through PEFT: learned vectors rescale keys, values and FFN activations"),
-    Tuner("ln_tuning", "LNTuning", "LNTuningConfig", targets=_ENCODER_LN,
-          doc="LN tuning (Zhao et al., 2024): trained copies of the LayerNorms (PEFT LNTuningConfig)"),
-    Tuner("peft_prompt", "PeftPromptTuning", "PromptTuningConfig", defaults={"num_virtual_tokens": 20},
-          doc="Prompt tuning (Lester et al., 2021) through PEFT: virtual input tokens before the sequence"),
-    Tuner("p_tuning", "PTuning", "PromptEncoderConfig", defaults={"num_virtual_tokens": 20},
-          doc="P-tuning (Liu et al., 2021): virtual tokens produced by a trained MLP/LSTM prompt encoder"),
-    Tuner("peft_prefix", "PeftPrefixTuning", "PrefixTuningConfig", defaults={"num_virtual_tokens": 20},
-          doc="Prefix tuning (Li & Liang, 2021) through PEFT: trained keys and values in every layer (no prefix "
-              "dropout; the built-in 'prefix' is AdapterHub's, with the PETuning dropout)"),
-    Tuner("hra", "HRA", "HRAConfig", doc="HRA (Yuan et al., 2024): a chain of trained Householder reflections of W"),
-    Tuner("c3a", "C3A", "C3AConfig", defaults={"block_size": 16},
-          doc="C3A (Chen et al., 2025): ΔW as trained block-circular convolution kernels"),
-    Tuner("vblora", "VBLoRA", "VBLoRAConfig", defaults={"vector_length": 16, "num_vectors": 64},
-          doc="VB-LoRA (Li et al., 2024): LoRA factors composed top-k from a shared trained vector bank"),
-    Tuner("randlora", "RandLoRA", "RandLoraConfig",
-          doc="RandLoRA (Albert et al., 2025): full-rank update from frozen random bases with trained scalings"),
-    Tuner("delora", "DeLoRA", "DeloraConfig",
-          doc="DeLoRA (Bini et al., 2025): LoRA with normalised factors and a trained, bounded strength"),
-    Tuner("gralora", "GraLoRA", "GraloraConfig", doc="GraLoRA (2025): LoRA split into k×k granular sub-blocks"),
-    Tuner("hira", "HiRA", "HiraConfig", doc="HiRA (2025): Hadamard product of W with a trained low-rank update"),
-    Tuner("lily", "Lily", "LilyConfig", doc="Lily (2024): low-rank adapters with shared cross-layer experts"),
-    Tuner("beft", "BEFT", "BeftConfig", doc="BEFT (2025): trained biases on the targeted projections"),
-    Tuner("deft", "DEFT", "DeftConfig", doc="DEFT (2025): a trained low-rank projection update of W"),
-    Tuner("glora", "GLoRA", "GloraConfig", doc="GLoRA (Chavan et al., 2023): generalised LoRA (scale, shift, "
-                                                 "low-rank terms)"),
-    Tuner("peanut", "PEANuT", "PeanutConfig", doc="PEANuT (2025): a small trained network of W's activations"),
-    Tuner("pvera", "PVeRA", "PveraConfig", doc="PVeRA (2025): probabilistic VeRA (trained scaling vectors)"),
-    Tuner("supertuning", "SuperTuning", "SupertuningConfig", doc="SuperTuning (2025): trained sparse entries of W"),
-    Tuner("tinylora", "TinyLoRA", "TinyLoraConfig", doc="TinyLoRA (2025): LoRA through a fixed random projection "
-                                                          "of a tiny trained vector"),
-    Tuner("unilora", "UniLoRA", "UniLoraConfig", doc="Uni-LoRA (2025): every LoRA entry from one shared trained "
-                                                       "vector"),
-    Tuner("adamss", "AdaMSS", "AdamssConfig", doc="AdaMSS (2025): adaptive multi-subspace low-rank update"),
-    Tuner("osf", "OSF", "OSFConfig", targets=_ENCODER_LINEAR,
-          doc="OSF (2025): orthogonal subspace finetuning of the low singular directions of W"),
-    Tuner("frod", "FRoD", "FrodConfig", doc="FRoD (2025): a shared hierarchical decomposition with trained "
-                                              "per-layer scales"),
-    Tuner("psoft", "PSOFT", "PsoftConfig", doc="PSOFT (2025): orthogonal finetuning in the principal subspace"),
-    Tuner("miss", "MiSS", "MissConfig", doc="MiSS (2025): a trained shard shared across W's rows"),
-    Tuner("shira", "SHiRA", "ShiraConfig", doc="SHiRA (Bhardwaj et al., 2024): trained sparse high-rank mask of W"),
-    Tuner("road", "RoAd", "RoadConfig", doc="RoAd (Liao et al., 2025): trained 2×2 rotations of W's outputs"),
-    Tuner("waveft", "WaveFT", "WaveFTConfig", doc="WaveFT (2025): trained sparse wavelet coefficients to ΔW"),
-)}
-
-
-def _config_class(name: str) -> type:
-    import peft
-
-    cls = getattr(peft, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, peft.PeftConfig)):
-        raise ConfigError(f"peft.{name} is not a PEFT config class in peft {peft.__version__}")
-    return cls
-
-
-def _config_class_for(peft_type: str) -> type:
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    by_name = {str(getattr(k, "value", k)).upper(): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
-    key = str(peft_type).upper()
-    if key not in by_name:
-        raise ConfigError(f"unknown peft_type {peft_type!r}; known: {', '.join(sorted(by_name))}")
-    return by_name[key]
-
-
-def _plain(value: Any) -> Any:
-    """YAML/JSON-able data (sets sorted, dataclasses and namespaces as dicts, enums as values)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "value") and type(value).__module__.startswith("peft"):
-        return value.value
-    if type(value).__name__ == "Namespace":
-        return _plain(vars(value))
-    return value
-
-
-def _field_defaults(cls: type) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = _plain(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = _plain(f.default_factory())
-    return out
-
-
-def _peft_type(cls: type) -> str:
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items():
-        if v is cls:
-            return str(getattr(k, "value", k))
-    raise ConfigError(f"{cls.__name__} is not registered with PEFT (no peft_type)")
-
-
-def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
-    """The tuner's config as plain data: ``{"peft_type": ..., <arguments that differ from PEFT's defaults>}``.
-
-    Args:
-        value: ``None`` (the tuner's defaults), a PEFT config object, a dict of its arguments (with or without
-            ``peft_type``), or ``{"class_path": "peft.<X>Config", "init_args": {...}}``.
-        tuner: the preset, whose config class and fixed fields ``value`` must agree with; ``None``: the generic
-            bridge (the config names its class).
-
-    Raises:
-        ConfigError: an unknown config class or argument, a field the bridge sets itself, a value PEFT refuses,
-            a preset's defining field changed, or (generic bridge) a config that has a preset.
-    """
-    if value is None:
-        value = {}
-    if isinstance(value, dict) and "class_path" in value:
-        extra = sorted(set(value) - {"class_path", "init_args"})
-        if extra:
-            raise ConfigError(f"peft: {extra} beside class_path; put the PEFT arguments under peft.init_args "
-                              f"(or give peft as a plain dict of arguments)")
-        cls = _config_class(str(value["class_path"]).rpartition(".")[2])
-        args = _non_default(cls, _plain(dict(value.get("init_args") or {})))
-    elif isinstance(value, dict):
-        args = dict(value)
-        ptype = args.pop("peft_type", None)
-        if ptype is not None:
-            cls = _config_class_for(ptype)
-        elif tuner is not None:
-            cls = _config_class(tuner.config)
-        else:
-            raise ConfigError("peft: name the tuner, e.g. {peft_type: LORA, r: 8} or {class_path: peft.LoraConfig, "
-                              "init_args: {r: 8}}, or use a preset (pl_petune.methods.DoRA, VeRA, ...)")
-    elif dataclasses.is_dataclass(value):
-        cls = type(value)
-        args = _non_default(cls, _plain(value))
-    else:
-        raise ConfigError(f"peft must be a PEFT config, a dict of its arguments or class_path/init_args; "
-                          f"got {type(value).__name__}")
-    args.pop("peft_type", None)
-    ptype = _peft_type(cls)
-    if args.get("inference_mode"):
-        raise ConfigError("peft.inference_mode true would freeze the adapter (nothing would train); the bridge sets "
-                          "it: leave it out")
-    fields = {f.name for f in dataclasses.fields(cls)} - {"peft_type", *RESERVED}
-    unknown = sorted(set(args) - fields - set(RESERVED))
-    if unknown:
-        raise ConfigError(f"peft: unknown argument(s) {unknown} of peft.{cls.__name__}; allowed: "
-                          f"{', '.join(sorted(fields))}")
-    if args.get("task_type") not in (None, "FEATURE_EXTRACTION"):
-        raise ConfigError(f"peft.task_type {args['task_type']!r}: the bridge sets FEATURE_EXTRACTION (pl_petune's "
-                          "head reads the backbone's features); leave task_type out")
-    args.pop("task_type", None)
-    args = {k: v for k, v in args.items() if k not in RESERVED}
-    if tuner is not None:
-        if cls is not _config_class(tuner.config):
-            raise ConfigError(f"method {tuner.name!r} is peft.{tuner.config}; got peft.{cls.__name__} "
-                              f"(use pl_petune.methods.Peft for another tuner)")
-        field_defaults = _field_defaults(cls)
-        defining = {k: v[0] for k, v in tuner.fixed.items() if field_defaults.get(k) not in v}
-        args = {**defining, **tuner.defaults, **args}
-        for key, allowed in tuner.fixed.items():
-            got = args.get(key, _field_defaults(cls).get(key))
-            if got not in allowed:
-                raise ConfigError(f"method {tuner.name!r}: peft.{key}={got!r} would be another tuner; allowed: "
-                                  f"{', '.join(map(repr, allowed))} (see petune params --all)")
-    else:
-        preset = _preset_for(cls, args)
-        if preset is not None:
-            raise ConfigError(f"peft.{cls.__name__} with these arguments is method {preset.name!r}: use class_path "
-                              f"pl_petune.methods.{preset.class_name}, so its runs are recorded under its own name")
-    spec = {"peft_type": ptype, **_plain(args)}
-    build_config(spec)  # PEFT's own checks now, before any backbone loads
-    return spec
-
-
-def _non_default(cls: type, args: dict[str, Any]) -> dict[str, Any]:
-    """The arguments that differ from the config class's defaults (a parsed or built config lists them all)."""
-    defaults = _field_defaults(cls)
-    out = {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
-    out = {k: v for k, v in out.items() if not (k == "task_type" and v is None)}
-    if "loftq_config" in out and out.get("init_lora_weights") != "loftq":
-        out.pop("loftq_config")  # jsonargparse fills LoftQConfig's defaults; PEFT ignores it unless loftq
-    return out
-
-
-def _preset_for(cls: type, args: dict[str, Any]) -> Optional[Tuner]:
-    defaults = _field_defaults(cls)
-    for tuner in TUNERS.values():
-        if _config_class(tuner.config) is cls and all(
-                args.get(k, defaults.get(k)) in allowed for k, allowed in tuner.fixed.items()):
-            return tuner
-    return None
-
-
-def build_config(spec: dict[str, Any]):
-    """A fresh PEFT config object from :func:`peft_spec`'s plain data (task type ``FEATURE_EXTRACTION``).
-
-    Raises:
-        ConfigError: PEFT refuses a value (its message, one line).
-    """
-    args = dict(spec)
-    cls = _config_class_for(args.pop("peft_type"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cls(task_type="FEATURE_EXTRACTION", **args)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"peft.{cls.__name__}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
-            from None
+__all__ = ["ADAPTER", "ADDED", "TUNERS", "NeedsWeights", "Peft", "Tuner", "build_config", "peft_spec"]
 
 
 @register_method("peft", added=ADDED)
@@ -350,9 +74,25 @@ class Peft(PetLayerMethod):
     params_example: ClassVar[dict[str, Any]] = {"peft": {"peft_type": "TRAINABLE_TOKENS", "token_indices": [0],
                                                          "target_modules": ["word_embeddings"]}}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A preset (a subclass that declares ``tuner``) gets its own ``params_example`` (none: the generic one
+        names another tuner) and the Args section of its docstring, which ``--help`` shows."""
+        super().__init_subclass__(**kwargs)
+        if "params_example" not in vars(cls):
+            cls.params_example = {}
+        tuner = vars(cls).get("tuner")
+        if isinstance(tuner, Tuner):
+            fixed = ", ".join(f"{k}={v[0]!r}" for k, v in tuner.fixed.items() if len(v) == 1)
+            cls.__doc__ = (f"{(cls.__doc__ or '').rstrip()}\n\n    A preset of :class:`Peft` with "
+                           f"``peft.{tuner.config}``{f' ({fixed})' if fixed else ''}.\n\n    Args:\n"
+                           "        peft: the arguments of "
+                           f"``peft.{tuner.config}`` (a dict), e.g. ``{{r: 8, target_modules: [query, value]}}``."
+                           "\n"
+                           "        **kwargs: the base module's arguments.\n")
+
     def __init__(self, peft: Optional[Union[PeftConfig, dict[str, Any]]] = None, **kwargs: Any) -> None:
         # Plain data (weights_only checkpoints); set before the base class builds the backbone and the tuner.
-        object.__setattr__(self, "_peft", peft_spec(peft, self.tuner))
+        object.__setattr__(self, "_peft", peft_spec(peft, preset_of(type(self))))
         if isinstance(peft, dict) or peft is None:
             peft = dict(peft or {})
         else:  # a config object (class_path in a recipe): the saved hyper-parameter is its plain form
@@ -369,9 +109,10 @@ class Peft(PetLayerMethod):
 
         config = self.peft_config()
         mtype = getattr(self.backbone.config, "model_type", "")
-        if (getattr(config, "target_modules", "unset") is None and self.tuner is not None
-                and mtype in self.tuner.targets):
-            config.target_modules = set(self.tuner.targets[mtype])
+        tuner = preset_of(type(self))
+        if getattr(config, "target_modules", "unset") is None and tuner is not None and mtype in tuner.targets:
+            preset_targets = tuner.targets[mtype]
+            config.target_modules = preset_targets if isinstance(preset_targets, str) else set(preset_targets)
         if getattr(config, "exclude_modules", "unset") is None and hasattr(self.backbone, "pooler"):
             config.exclude_modules = ["pooler.dense"]  # the head never reads the pooler: no dead adapter on it
         before = _fingerprints(self.backbone)
@@ -395,9 +136,11 @@ class Peft(PetLayerMethod):
 
     def select_trainable(self) -> set[str]:
         """The head and what PEFT made trainable; adapters PEFT put on the pooler stay frozen (the head never
-        reads the pooler, so they would get no gradient)."""
+        reads the pooler, so they would get no gradient); with ``train_pooler`` the pretrained pooler trains."""
         names = {n for n, p in self.named_parameters()
                  if n.startswith("head.") or (p.requires_grad and ".pooler." not in n)}
+        if self.hparams.get("train_pooler"):  # under PEFT the pooler is backbone.base_model.model.pooler.*
+            names |= {n for n, _ in self.named_parameters() if ".pooler." in n and not self._is_added(n)}
         if not any(n.startswith("backbone.") for n in names):
             raise ConfigError(f"method {self.method_name!r}: PEFT left no backbone parameter trainable")
         return names
@@ -410,8 +153,9 @@ class Peft(PetLayerMethod):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The backbone's features with the tuner active, pooled as for the plain backbone (first token of an
-        encoder, last kept token of a decoder); virtual prompt tokens are skipped."""
-        from pl_petune.decoders import decoder_inputs, pool_features
+        encoder, last kept token of a decoder, the pooler's output for ``head: pooler_linear``); virtual prompt
+        tokens are skipped."""
+        from pl_petune.decoders import decoder_inputs
 
         model = self.backbone
         kwargs: dict[str, Any] = {}
@@ -420,7 +164,7 @@ class Peft(PetLayerMethod):
         if not self._prompt_learning:
             kwargs.update(decoder_inputs(model.config, attention_mask))
             hidden = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-            return pool_features(model.config, hidden, attention_mask)
+            return self._pool(hidden, attention_mask)
         # PEFT's prompt-learning forward drops token_type_ids (segment B of a pair would silently read as A):
         # the same prompt path here, keeping them, the virtual tokens in segment 0.
         config = model.active_peft_config
@@ -433,12 +177,19 @@ class Peft(PetLayerMethod):
         if config.peft_type.value == "PREFIX_TUNING":
             out = base(input_ids=input_ids, attention_mask=torch.cat([ones, attention_mask], 1),
                        past_key_values=model.get_prompt(batch_size=batch), **kwargs)
-            return pool_features(model.config, out.last_hidden_state, attention_mask)
+            return self._pool(out.last_hidden_state, attention_mask)
         embeds = model.word_embeddings(input_ids)
         prompts = model.get_prompt(batch_size=batch).to(embeds.dtype)
         out = base(inputs_embeds=torch.cat([prompts, embeds], 1), attention_mask=torch.cat([ones, attention_mask], 1),
                    **kwargs)
-        return pool_features(model.config, out.last_hidden_state[:, prompts.shape[1]:], attention_mask)
+        return self._pool(out.last_hidden_state[:, prompts.shape[1]:], attention_mask)
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from pl_petune.decoders import pool_features
+
+        if self.hparams.get("head") == "pooler_linear":  # as the base module: the (pretrained) pooler's output
+            return self.backbone.get_base_model().pooler(hidden)
+        return pool_features(self.backbone.config, hidden, attention_mask)
 
     # ---- AdaLoRA: orthogonality penalty and rank allocation (what PEFT's Trainer integration does) ----------
     def _adalora(self):
@@ -532,18 +283,3 @@ def _fingerprints(module: torch.nn.Module) -> dict[int, tuple[float, float]]:
                 return {}
             out[id(p)] = (float(p.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(p, dtype=torch.float64)))
     return out
-
-
-def _make_preset(tuner: Tuner) -> type:
-    doc = (f"{tuner.doc}.\n\n    A preset of :class:`Peft` with ``peft.{tuner.config}``"
-           + (f" ({', '.join(f'{k}={v[0]!r}' for k, v in tuner.fixed.items() if len(v) == 1)})" if tuner.fixed
-              else "") + ".\n\n    Args:\n        peft: the arguments of ``peft." + tuner.config + "`` (a dict), "
-           "e.g. ``{r: 8, target_modules: [query, value]}``.\n        **kwargs: the base module's arguments.\n")
-    cls = type(tuner.class_name, (Peft,), {"__doc__": doc, "tuner": tuner, "__module__": __name__,
-                                           "__qualname__": tuner.class_name,
-                                           "params_example": {"peft": tuner.example} if tuner.example else {}})
-    return register_method(tuner.name, added=ADDED)(cls)
-
-
-PRESETS: dict[str, type] = {name: _make_preset(t) for name, t in TUNERS.items()}
-globals().update({cls.__name__: cls for cls in PRESETS.values()})

@@ -79,7 +79,7 @@ CASES: dict[str, tuple[str, dict[str, Any], Callable[[str], bool]]] = {
     # encoder-decoder only: runs once, on the tiny T5 (see the backbone fixture)
     "cross_attention": ("cross_attention", {}, lambda n: head(n) or ".EncDecAttention." in n),
 }
-# PEFT tuners through the bridge (pl_petune.methods.peft_bridge): the added tensors are named
+# PEFT tuners through the bridge (pl_petune.methods.peft_presets): the added tensors are named
 # <module>.<tuner prefix>...default (PEFT's adapter name); tiny-model arguments where PEFT's defaults need wider layers.
 def peft_added(*prefixes: str, frozen: tuple[str, ...] = ()) -> Callable[[str], bool]:
     def train(n: str) -> bool:

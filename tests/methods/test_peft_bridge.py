@@ -18,7 +18,8 @@ import torch
 from pl_petune.cli import main
 from pl_petune.errors import ConfigError
 from pl_petune.methods import METHODS
-from pl_petune.methods.peft_bridge import NOT_APPLICABLE, TUNERS, peft_spec
+from pl_petune.methods.peft_config import TUNERS, peft_spec
+from pl_petune.methods.peft_presets import NOT_APPLICABLE
 from pl_petune.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,9 +70,10 @@ def test_bridge_lora_is_the_builtin_lora_number_for_number(tiny_bert):
 def test_every_preset_is_a_registered_method_with_its_own_name():
     for name, tuner in TUNERS.items():
         cls = METHODS[name]
-        assert cls.method_name == name and cls.__name__ == tuner.class_name and cls.tuner is tuner
+        assert cls.method_name == name and cls.__name__ == tuner.class_name and cls.tuner.config == tuner.config
     assert METHODS["peft"].method_name == "peft"
-    assert not set(NOT_APPLICABLE) & {peft_spec(t.example, t)["peft_type"] for t in TUNERS.values()}
+    assert not set(NOT_APPLICABLE) & {peft_spec(METHODS[n].params_example.get("peft"), t)["peft_type"]
+                                      for n, t in TUNERS.items()}
 
 
 @pytest.mark.parametrize("method, peft, message", [
@@ -246,3 +248,83 @@ def test_the_class_path_form_through_petune_fit_saves_plain_hyperparameters(tmp_
     loaded = METHODS["peft"].load_from_checkpoint(rec["extra"]["best_checkpoint"], map_location="cpu",
                                                   weights_only=True)
     assert loaded.record_extra()["peft_config"] == rec["extra"]["peft_config"]
+
+
+def test_every_peft_tuner_is_a_preset_not_applicable_with_a_reason_or_the_generic_matrix_case():
+    """A PEFT release with a new tuner fails here until the tuner gets a preset (or a reason it does not apply)."""
+    from peft import PeftType
+
+    from tests.methods.test_matrix import CASES
+
+    presets = {peft_spec(METHODS[n].params_example.get("peft"), t)["peft_type"] for n, t in TUNERS.items()}
+    generic = {kw["peft"]["peft_type"] for m, kw, _ in CASES.values() if m == "peft"}
+    assert generic == {"TRAINABLE_TOKENS"}
+    assert {t.value for t in PeftType} == presets | set(NOT_APPLICABLE) | generic
+    assert not presets & set(NOT_APPLICABLE) and all(NOT_APPLICABLE.values())
+
+
+def test_a_new_preset_is_one_registered_class_and_every_part_sees_it(tiny_bert, capsys):
+    """Adding a PEFT preset: the class (its registration and Tuner) is all the library needs; the catalogue, the
+    generic bridge's refusal, parameter accounting and ``petune params`` follow from the registry."""
+    from pl_petune.methods import Peft
+    from pl_petune.methods.peft_config import ADDED, Tuner
+    from pl_petune.methods.registry import register_method, unregister_method
+
+    @register_method("trainable_tokens", added=ADDED)
+    class TrainableTokens(Peft):
+        """Trainable token embeddings (PEFT TrainableTokensConfig)."""
+        tuner = Tuner("TrainableTokensConfig", defaults={"target_modules": ["word_embeddings"]})
+
+    try:
+        assert TUNERS["trainable_tokens"].class_name == "TrainableTokens"
+        assert "peft.TrainableTokensConfig" in TrainableTokens.__doc__ and TrainableTokens.params_example == {}
+        with pytest.raises(ConfigError, match=r"is method 'trainable_tokens': use class_path "
+                                              r"pl_petune.methods.TrainableTokens"):
+            METHODS["peft"](task="cb", backbone=tiny_bert, peft={"peft_type": "TRAINABLE_TOKENS",
+                                                                 "token_indices": [101]})
+        model = TrainableTokens(task="cb", backbone=tiny_bert, peft={"token_indices": [101, 102]})
+        assert model.method_name == "trainable_tokens"
+        assert {n for n in model.trainable_names() if not n.startswith("head.")} == {
+            n for n, _ in model.named_parameters() if "trainable_tokens_delta" in n}
+        assert model.parameter_report()["added_params"] == 2 * 32  # two tokens x 32 wide, one embedding matrix
+        assert main(["params", "--method", "trainable_tokens", "--backbone", tiny_bert,
+                     "--model.init_args.peft", "{token_indices: [101]}"]) == 0
+        assert "trainable_tokens" in capsys.readouterr().out
+    finally:
+        unregister_method("trainable_tokens")
+    assert "trainable_tokens" not in TUNERS
+
+
+@pytest.mark.parametrize("method, peft", [("peft_lora", {"r": 2}), ("peft_prompt", {"num_virtual_tokens": 3}),
+                                          ("peft_prefix", {"num_virtual_tokens": 3})])
+def test_head_pooler_linear_reads_the_pooler_through_the_bridge(method, peft, tiny_bert):
+    """``head: pooler_linear`` means the pretrained pooler's output (tanh(W h_[CLS] + b)), with a tuner as without:
+    the bridge's features are the pooler applied to its [CLS] state, not the raw [CLS] state."""
+    model = METHODS[method](task="cb", backbone=tiny_bert, head="pooler_linear", peft=peft).eval()
+    b = _batch(4, segment_b=True)
+    with torch.no_grad():
+        pooled = model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        model.hparams["head"] = "linear"  # the same tuner's [CLS] state
+        cls_state = model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        pooler = model.backbone.get_base_model().pooler
+        expect = torch.tanh(pooler.dense(cls_state))
+    assert torch.allclose(pooled, expect, atol=1e-6) and not torch.allclose(pooled, cls_state, atol=1e-3)
+    frozen = METHODS["frozen"](task="cb", backbone=tiny_bert, head="pooler_linear").eval()
+    if method == "peft_lora":  # LoRA starts as the backbone (B = 0): the very features of a plain pooler head
+        with torch.no_grad():
+            assert torch.allclose(pooled, frozen.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
+                                  atol=1e-6)
+
+
+def test_train_pooler_trains_the_pooler_under_a_peft_tuner(tiny_bert):
+    """``train_pooler: true`` with ``head: pooler_linear``: the pretrained pooler trains with the tuner (it was
+    silently left frozen: under PEFT its names are backbone.base_model.model.pooler.*)."""
+    model = METHODS["peft_lora"](task="cb", backbone=tiny_bert, head="pooler_linear", train_pooler=True,
+                                 peft={"r": 2})
+    pooler = {n for n, _ in model.named_parameters() if ".pooler." in n}
+    assert pooler and pooler <= set(model.trainable_names())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model, 1)
+    assert all(not torch.equal(model.get_parameter(n), before[n]) for n in pooler)
+    frozen = METHODS["peft_lora"](task="cb", backbone=tiny_bert, head="pooler_linear", peft={"r": 2})
+    assert not {n for n in frozen.trainable_names() if ".pooler." in n}

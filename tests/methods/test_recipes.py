@@ -11,7 +11,7 @@ from pl_petune.lightning_cli import _method_name, parse_only
 from pl_petune.methods import METHODS
 
 FOLDER = Path(__file__).resolve().parents[2] / "recipes" / "methods"
-PEFT_FOLDER = FOLDER.parent / "peft"  # the PEFT bridge's tuners (pl_petune.methods.peft_bridge)
+PEFT_FOLDER = FOLDER.parent / "peft"  # the PEFT bridge's tuners (pl_petune.methods.peft_presets)
 # One smoke recipe per registered method (named after it) plus the Houlsby adapter variant; other recipes in
 # the folder (two-stage and regularised finetuning) belong to their callbacks' tests.
 RECIPES = [(PEFT_FOLDER if (PEFT_FOLDER / f"{name}.yaml").is_file() else FOLDER) / f"{name}.yaml"
