@@ -6,7 +6,7 @@ W&B logger is configured). The CLI only wires: it links the task's facts from ``
 ``model.init_args.task`` and the backbone's name to the data module's tokenizer (so data and methods never
 import each other), sets the protocol's defaults, chooses the run folder, and runs the one test pass after
 fit. What identifies a run is :mod:`pl_petune.identity`; what the ``run.*`` options mean (the skip of a
-complete run, what ``petune test`` may score) is :mod:`pl_petune.run_options`; the record is written by the
+complete run, what ``petune test`` may score) is :mod:`pl_petune.run_policy`; the record is written by the
 :class:`~pl_petune.recorder.RunRecorder` callback it adds to the trainer.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,19 +40,44 @@ from pl_petune.methods import PetuneModule
 from pl_petune.record_build import log_record_to_wandb, summary_line
 from pl_petune.recorder import RunRecorder, discard_checkpoints
 from pl_petune.records import run_key
-from pl_petune.run_options import (
-    AlreadyComplete,
-    RunOptions,
-    check_not_complete,
-    heldout_permission,
-    refuse_overwritten,
-)
+from pl_petune.run_policy import AlreadyComplete, check_not_complete, heldout_permission, refuse_overwritten
 
-# RunOptions, the run checks, run_key_for, RunRecorder, ... are re-exported: earlier code imports them from here.
+# The run policy, run_key_for, RunRecorder, ... are re-exported: earlier code imports them from here.
 __all__ = ["PetuneCLI", "make_cli", "parse_only", "parse_only_cli", "run_lightning_cli", "RunOptions",
            "AlreadyComplete", "refuse_overwritten", "heldout_permission", "run_key_for", "NON_IDENTITY",
            "ALWAYS_IDENTITY", "ArgumentsError", "RunRecorder", "discard_checkpoints", "log_record_to_wandb",
            "condense"]
+
+
+@dataclass
+class RunOptions:
+    """Where a run writes, and how it treats an earlier attempt.
+
+    Args:
+        seed: PETuning's single seed: when set, it is both ``model.init_args.init_seed`` and
+            ``data.data_seed`` (the released scripts' ``--seed $s --model_seed $s``).
+        out_dir: root of run folders; each run gets ``<out_dir>/<task>/<method>/<run key>/``.
+        store: the SQLite results store (default ``$PETUNE_STORE`` or ``runs/results.sqlite``).
+        resume: continue from the run folder's ``last.ckpt`` when an earlier attempt left one.
+        keep_checkpoints: keep the checkpoint files after the test pass (the record keeps their hash).
+        name: optional label stored in the record (e.g. a sweep name).
+        rerun: train again a run whose record in the store is already complete (the new record replaces it).
+            By default such a run is not trained twice: ``petune fit`` prints its record's line and exits 0,
+            as a sweep skips it.
+        allow_leaky_test: ``petune test`` only: score the held-out split with a checkpoint that is not the
+            recorded best-on-dev checkpoint of a complete run (any checkpoint, no completed fit). The output
+            says ``leaky``; such scores are not held-out results (docs/protocol.md).
+    """
+
+    seed: Optional[int] = None
+    out_dir: str = "runs"
+    store: Optional[str] = None
+    resume: bool = True
+    keep_checkpoints: bool = False
+    name: Optional[str] = None
+    rerun: bool = False
+    allow_leaky_test: bool = False
+
 
 # Fault handling of the command being run (lock, held output, signal guard); run_lightning_cli replaces it.
 _GUARD: list[RunGuard] = [RunGuard(hold_output=False)]

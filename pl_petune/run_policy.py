@@ -1,15 +1,14 @@
-"""What the ``run.*`` options of ``petune fit|validate|test`` mean, as plain checks on a parsed config.
+"""The run policy of ``petune fit|validate|test``, as plain checks on a parsed config (its ``run.*`` options).
 
-:class:`RunOptions` is the ``run`` group; :func:`refuse_overwritten` refuses the ``fit`` options ``petune fit``
-sets itself; :func:`check_not_complete` stops a run whose record is already complete (in the store or its run
-folder); :func:`heldout_permission` decides what ``petune test`` may score. :class:`~pl_petune.lightning_cli.PetuneCLI`
-calls them; none of them builds anything.
+:func:`refuse_overwritten` refuses the ``fit`` options ``petune fit`` sets itself; :func:`check_not_complete`
+stops a run whose record is already complete (in the store or its run folder); :func:`heldout_permission`
+decides what ``petune test`` may score. :class:`~pl_petune.lightning_cli.PetuneCLI` calls them; none of them
+builds anything.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,36 +17,6 @@ from pl_petune.data.protocols import LEAKY
 from pl_petune.errors import ConfigError
 from pl_petune.record_build import summary_line
 from pl_petune.store import Store, default_store_path
-
-
-@dataclass
-class RunOptions:
-    """Where a run writes, and how it treats an earlier attempt.
-
-    Args:
-        seed: PETuning's single seed: when set, it is both ``model.init_args.init_seed`` and
-            ``data.data_seed`` (the released scripts' ``--seed $s --model_seed $s``).
-        out_dir: root of run folders; each run gets ``<out_dir>/<task>/<method>/<run key>/``.
-        store: the SQLite results store (default ``$PETUNE_STORE`` or ``runs/results.sqlite``).
-        resume: continue from the run folder's ``last.ckpt`` when an earlier attempt left one.
-        keep_checkpoints: keep the checkpoint files after the test pass (the record keeps their hash).
-        name: optional label stored in the record (e.g. a sweep name).
-        rerun: train again a run whose record in the store is already complete (the new record replaces it).
-            By default such a run is not trained twice: ``petune fit`` prints its record's line and exits 0,
-            as a sweep skips it.
-        allow_leaky_test: ``petune test`` only: score the held-out split with a checkpoint that is not the
-            recorded best-on-dev checkpoint of a complete run (any checkpoint, no completed fit). The output
-            says ``leaky``; such scores are not held-out results (docs/protocol.md).
-    """
-
-    seed: Optional[int] = None
-    out_dir: str = "runs"
-    store: Optional[str] = None
-    resume: bool = True
-    keep_checkpoints: bool = False
-    name: Optional[str] = None
-    rerun: bool = False
-    allow_leaky_test: bool = False
 
 
 class AlreadyComplete(Exception):
@@ -138,4 +107,4 @@ def heldout_permission(cfg: Any) -> Optional[str]:
     return str(path)
 
 
-__all__ = ["RunOptions", "AlreadyComplete", "check_not_complete", "refuse_overwritten", "heldout_permission"]
+__all__ = ["AlreadyComplete", "check_not_complete", "refuse_overwritten", "heldout_permission"]
