@@ -179,10 +179,10 @@ def stage_optimizer(trainer: Trainer, stage: int, lr: Optional[float], to_adamw:
     if to_adamw and not isinstance(opt, torch.optim.AdamW):
         groups = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in opt.param_groups]
         opt = torch.optim.AdamW(groups, lr=lr)  # type: ignore[arg-type]
-    for g in opt.param_groups:
-        base = lr if lr is not None else g.get("initial_lr", g["lr"])
-        g.pop("initial_lr", None)
-        g["lr"] = base
+    for group in opt.param_groups:
+        base = lr if lr is not None else group.get("initial_lr", group["lr"])
+        group.pop("initial_lr", None)
+        group["lr"] = base
     total = max(1, epochs * steps_per_epoch(trainer))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(math.ceil(warmup_ratio * total), total))
     trainer.strategy.optimizers = [opt]

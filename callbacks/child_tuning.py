@@ -148,15 +148,15 @@ class ChildTuningD(Callback):
             loss = self._loss(pl_module, batch, i)
             # autograd.grad leaves .grad (and DDP's reducer hooks) untouched
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]  # type: ignore[assignment]
+            grads = [grad if grad is not None else torch.zeros_like(p) for grad, p in zip(grads, params)]  # type: ignore[assignment]
             if self.max_grad_norm is not None:
                 # the coefficient of torch's clip_grad_norm_, per tensor (EH-FT) or over all tensors together
-                norms = [torch.linalg.vector_norm(g) for g in grads]
+                norms = [torch.linalg.vector_norm(grad) for grad in grads]
                 if self.clip_mode == "joint":
                     norms = [torch.linalg.vector_norm(torch.stack(norms))] * len(grads)
-                grads = [g * min(1.0, self.max_grad_norm / (float(n) + 1e-6)) for g, n in zip(grads, norms)]  # type: ignore[assignment]
-            for f, g in zip(fisher, grads):
-                f += g.detach().float() ** 2
+                grads = [grad * min(1.0, self.max_grad_norm / (float(n) + 1e-6)) for grad, n in zip(grads, norms)]  # type: ignore[assignment]
+            for f, grad in zip(fisher, grads):
+                f += grad.detach().float() ** 2
             batches += 1
         pl_module.train(was_training)
         if trainer.world_size > 1:

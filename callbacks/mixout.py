@@ -47,10 +47,10 @@ def disable_dropout(module: nn.Module) -> list[str]:
         config = getattr(mod, "config", None)
         if config is not None and not isinstance(config, nn.Module) and hasattr(config, "__dict__"):
             holders.append((f"{name}.config" if name else "config", config))
-        for where, obj in holders:
-            for attr, value in list(vars(obj).items()):
+        for where, holder in holders:
+            for attr, value in list(vars(holder).items()):
                 if "dropout" in attr.lower() and isinstance(value, float) and value:
-                    setattr(obj, attr, 0.0)
+                    setattr(holder, attr, 0.0)
                     changed.append(f"{where}.{attr}" if where else attr)
     return sorted(set(changed))
 

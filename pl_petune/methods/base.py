@@ -183,15 +183,15 @@ class PetuneModule(L.LightningModule):
     # ---- forward, loss, metrics --------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        mc = input_ids.dim() == 3
-        if mc:
-            b, c, length = input_ids.shape
-            input_ids = input_ids.view(b * c, length)
-            attention_mask = attention_mask.view(b * c, length)
-            token_type_ids = token_type_ids.view(b * c, length) if token_type_ids is not None else None
+        multiple_choice = input_ids.dim() == 3
+        if multiple_choice:
+            batch_size, choices, length = input_ids.shape
+            input_ids = input_ids.view(batch_size * choices, length)
+            attention_mask = attention_mask.view(batch_size * choices, length)
+            token_type_ids = token_type_ids.view(batch_size * choices, length) if token_type_ids is not None else None
         logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
-        if mc:
-            return logits.view(b, c)
+        if multiple_choice:
+            return logits.view(batch_size, choices)
         if self.spec.kind == "regression" or self.one_logit:
             return logits.squeeze(-1)
         return logits
