@@ -41,7 +41,7 @@ def check_settings(owner: str, c_values: Optional[Sequence[float]], max_iter: in
     iteration count, refused unless an int >= 1."""
     values = tuple(float(c) for c in (c_values if c_values is not None else KUMAR_CS))
     if not values or any(c <= 0 for c in values):
-        raise CallbackMisuse(f"{owner}.lbfgs_c_values must be positive values, got {list(values)}")
+        raise CallbackMisuse(f"{owner}.cs must be positive values, got {list(values)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise CallbackMisuse(f"{owner}.lbfgs_max_iter must be an int >= 1, got {max_iter!r}")
     return values

@@ -108,13 +108,12 @@ class HeadWarmStart(Callback):
         head_attr: attribute (dotted path) of the module holding the head.
         pet_names_fn: name of the module method listing PET parameter names.
         drop_pet_fn: name of the module method removing PET layers.
-        lbfgs_c_values: the ``C`` values the L-BFGS probe sweeps; default Kumar et al.'s 50 values of
-            ``logspace(-7, 2)``.
+        cs: the values of ``C`` (inverse regularisation strength) the L-BFGS probe sweeps; default Kumar et al.'s
+            50 values of ``logspace(-7, 2)``. The name is a recipe and record key, kept as it is.
         lbfgs_max_iter: L-BFGS iterations per ``C`` (warm-started along the sweep); default Kumar's 20.
         label_key: key of the labels in a dict batch (a tuple batch is ``(inputs, labels)``).
         forward_fn: ``fn(pl_module, batch)`` running the module on a batch for the probe's features; default
             ``pl_module(**batch_without_labels)`` for dicts, ``pl_module(batch[0])`` for tuples.
-        cs: the older spelling of ``lbfgs_c_values`` (still read; giving both is refused).
 
     Raises:
         CallbackMisuse: bad arguments (at construction); a missing backbone or head, a stage plan out of
@@ -142,11 +141,10 @@ class HeadWarmStart(Callback):
         head_attr: str = "head",
         pet_names_fn: str = "pet_parameter_names",
         drop_pet_fn: str = "drop_pet_layers",
-        lbfgs_c_values: Optional[Sequence[float]] = None,
+        cs: Optional[Sequence[float]] = None,
         lbfgs_max_iter: int = probe.KUMAR_MAX_ITER,
         label_key: str = "labels",
         forward_fn: Optional[Callable[[LightningModule, Any], Any]] = None,
-        cs: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
         self.stage1_epochs = check_plan(solver, stage1_epochs)
@@ -155,10 +153,7 @@ class HeadWarmStart(Callback):
                 raise CallbackMisuse(f"HeadWarmStart.{name} must be > 0, got {lr}")
         if not 0.0 <= warmup_ratio < 1.0:
             raise CallbackMisuse(f"HeadWarmStart.warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        if cs is not None and lbfgs_c_values is not None:
-            raise CallbackMisuse("HeadWarmStart: give lbfgs_c_values only (cs is its older spelling)")
-        self.lbfgs_c_values = probe.check_settings("HeadWarmStart", lbfgs_c_values if cs is None else cs,
-                                                   lbfgs_max_iter)
+        self.cs = probe.check_settings("HeadWarmStart", cs, lbfgs_max_iter)
         if solver == "lbfgs":
             probe.require_sklearn("HeadWarmStart")
         self.stage1_lr, self.stage2_lr, self.warmup_ratio, self.solver = stage1_lr, stage2_lr, warmup_ratio, solver
@@ -201,11 +196,6 @@ class HeadWarmStart(Callback):
     def stage(self) -> int:
         """The current stage, 1 or 2."""
         return self._stage
-
-    @property
-    def cs(self) -> tuple[float, ...]:
-        """The older name of :attr:`lbfgs_c_values`."""
-        return self.lbfgs_c_values
 
     # ---- the module contract (read by ModuleParts) ----------------------------------------------------
     def _parts(self, pl_module: LightningModule) -> tuple[nn.Module, nn.Module]:
@@ -355,7 +345,7 @@ class HeadWarmStart(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.solver == "lbfgs" and self._stage == 1 and not self._lbfgs:
-            self._lbfgs = probe.solve_head(trainer, pl_module, self._parts(pl_module)[1], c_values=self.lbfgs_c_values,
+            self._lbfgs = probe.solve_head(trainer, pl_module, self._parts(pl_module)[1], c_values=self.cs,
                                            max_iter=self.lbfgs_max_iter, label_key=self.label_key,
                                            forward=self.forward_fn)
 

@@ -107,3 +107,51 @@ def test_private_owner_alive_of_the_store_is_the_public_one():
     from pl_petune import claim_owners, store
 
     assert store._owner_alive is claim_owners.owner_alive
+
+
+# A callback's constructor parameters are keys of its ``init_args`` in recipes, in the run key and in every
+# record's ``hparams`` (``trainer.callbacks`` keeps its defaults), so renaming or adding one silently gives every
+# earlier run of a recipe using it another key: its finished runs are no longer found and train again.
+CALLBACK_PARAMETERS = {
+    "HeadWarmStart": ["stage1_epochs", "stage1_lr", "stage2_lr", "warmup_ratio", "solver", "train_pet",
+                      "stage1_params", "stage2_params", "reserve", "keep_head_bias", "head_bias_seed",
+                      "backbone_attr", "head_attr", "pet_names_fn", "drop_pet_fn", "cs", "lbfgs_max_iter",
+                      "label_key", "forward_fn"],
+    "Freezing": ["freeze", "keep", "top_k", "unfreeze", "gradual_every", "gradual_start", "lr_ratio", "train_bn",
+                 "layer_pattern", "optimizer_idx", "backbone_attr"],
+    "DevSplitEarlyStopping": ["monitor", "mode", "patience", "min_delta", "dev_fraction", "carve_seed", "dirpath",
+                              "leaky", "kwargs"],
+    "Mixout": ["p", "include", "exclude", "disable_dropout"],
+    "ChildTuningD": ["reserve_p", "params", "fisher_batches", "max_grad_norm", "loss_fn", "clip_mode",
+                     "backbone_attr"],
+    "SaveHeadFeatures": ["splits", "head_attr", "limit", "filename", "dirpath"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLBACK_PARAMETERS))
+def test_callback_parameters_keep_their_names(name):
+    import inspect
+
+    from pl_petune import callbacks
+
+    assert list(inspect.signature(getattr(callbacks, name)).parameters) == CALLBACK_PARAMETERS[name], (
+        f"{name}'s constructor parameters changed: every recorded run of a recipe using it gets another run key; "
+        "keep the names (or change them knowingly, with a note in the changelog, and update this list)")
+
+
+def test_a_recipe_spelling_a_callback_by_its_old_module_still_runs_it(tmp_path):
+    """``pl_petune.callbacks.regularizers.Mixout`` (the module before the split) parses to the same callback."""
+    from pl_petune.callbacks import Mixout
+
+    recipe = ROOT / "recipes" / "methods" / "mixout.yaml"
+    text = recipe.read_text(encoding="utf-8")
+    assert "class_path: pl_petune.callbacks.Mixout" in text
+    old = tmp_path / "mixout_old_path.yaml"
+    old.write_text(text.replace("pl_petune.callbacks.Mixout", "pl_petune.callbacks.regularizers.Mixout"),
+                   encoding="utf-8")
+    from pl_petune.lightning_cli import parse_only
+
+    cfg = parse_only(["fit", "--config", str(old)]).fit
+    (spec,) = cfg.trainer.callbacks
+    module, _, name = spec.class_path.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is Mixout and spec.init_args.p == 0.7

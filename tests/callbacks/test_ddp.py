@@ -75,7 +75,7 @@ def test_ddp_lbfgs_probe_sees_every_rank_s_examples(tmp_path):
     """Each rank holds half of the train and dev sets; the probe is fitted on all of them, once, on rank 0, and
     both ranks load the same head."""
     torch.manual_seed(0)
-    r0, r1 = _run(tmp_path, TinyModule(), HeadWarmStart(solver="lbfgs", stage2_lr=1e-2, lbfgs_c_values=(0.1, 1.0)))
+    r0, r1 = _run(tmp_path, TinyModule(), HeadWarmStart(solver="lbfgs", stage2_lr=1e-2, cs=(0.1, 1.0)))
     p0, p1 = r0["extra"]["lbfgs"], r1["extra"]["lbfgs"]
     assert p0["n_train"] == 48 and p0["n_dev"] == 16  # make_data(n=64): 48 train, 16 dev, split over 2 ranks
     assert p0 == p1

@@ -181,7 +181,7 @@ def test_lbfgs_probe_equals_sklearn_on_the_same_features(tmp_path):
     torch.manual_seed(0)
     model = TinyModule()
     at = AtSwitch(epoch=0)
-    hws = HeadWarmStart(solver="lbfgs", stage2_lr=1e-3, lbfgs_c_values=[1e-3, 1e-2, 1.0], lbfgs_max_iter=5000)
+    hws = HeadWarmStart(solver="lbfgs", stage2_lr=1e-3, cs=[1e-3, 1e-2, 1.0], lbfgs_max_iter=5000)
     _fit(model, [hws, at], tmp_path, max_epochs=1)
     info = hws.record_extra()["head_warm_start"]
     assert info["solver"] == "lbfgs" and info["lbfgs"]["C"] in (1e-3, 1e-2, 1.0)
@@ -250,7 +250,7 @@ def test_lpft_on_full_finetune(tmp_path, tiny_bert, solver):
     pretrained = snapshot(model.backbone)
     probe, at = Probe(), AtSwitch(epoch=1 if solver == "adamw" else 0)
     hws = HeadWarmStart(stage1_epochs=1 if solver == "adamw" else None, solver=solver, stage1_lr=1e-3,
-                        lbfgs_c_values=[0.1, 10.0])
+                        cs=[0.1, 10.0])
     trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[hws, at, probe]))
     trainer.fit(model, _bert_batches(), _bert_batches(16, seed=1))
     if solver == "adamw":
@@ -338,19 +338,3 @@ def test_stage1_checkpoint_without_pretrained_values_is_refused(tmp_path):
     _rewrite_warmstart_state(last, lambda state: state.pop("pretrained_changeable"))
     with pytest.raises(CallbackMisuse, match="holds no pretrained values.*'pretrained_changeable'"):
         _bitfit_run(tmp_path, ckpt_path=str(last))
-
-
-def test_lbfgs_c_values_and_the_older_spelling_cs():
-    """``cs`` (the older name) still sets the probe's C values, from Python and from a recipe's init_args."""
-    from jsonargparse import ArgumentParser
-
-    assert HeadWarmStart(solver="lbfgs", cs=[0.1, 1.0]).lbfgs_c_values == (0.1, 1.0)
-    assert HeadWarmStart(solver="lbfgs", lbfgs_c_values=[0.5]).cs == (0.5,)
-    parser = ArgumentParser()
-    parser.add_class_arguments(HeadWarmStart, "hws")
-    built = parser.instantiate_classes(parser.parse_args(["--hws.solver", "lbfgs", "--hws.cs", "[0.2, 2.0]"]))
-    assert built.hws.lbfgs_c_values == (0.2, 2.0)
-    with pytest.raises(CallbackMisuse, match="give lbfgs_c_values only"):
-        HeadWarmStart(solver="lbfgs", cs=[0.1], lbfgs_c_values=[0.1])
-    with pytest.raises(CallbackMisuse, match=r"lbfgs_c_values must be positive values, got \[0.1, -1.0\]"):
-        HeadWarmStart(solver="lbfgs", lbfgs_c_values=[0.1, -1.0])
