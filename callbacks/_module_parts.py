@@ -7,7 +7,7 @@ switches stages. Private to ``pl_petune.callbacks``; depends on lightning and to
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pl_petune.callbacks._common import CallbackMisuse, describe, get_submodule
 from torch import nn
@@ -17,16 +17,30 @@ class ModuleParts:
     """A module's backbone, head and PET parameters, as HeadWarmStart's arguments name them.
 
     Args:
-        backbone_attr: attribute (dotted path) of the module holding the backbone.
-        head_attr: attribute (dotted path) of the module holding the head.
-        pet_names_fn: name of the module method listing PET parameter names.
-        drop_pet_fn: name of the module method removing PET layers.
+        names: the callback whose ``backbone_attr``, ``head_attr`` (dotted paths of the module's backbone and
+            head), ``pet_names_fn`` and ``drop_pet_fn`` (names of the module methods listing and removing PET
+            layers) are read, at each use, so they stay the callback's public attributes.
     """
 
-    def __init__(self, backbone_attr: str, head_attr: str, pet_names_fn: str, drop_pet_fn: str) -> None:
-        self.backbone_attr, self.head_attr = backbone_attr, head_attr
-        self.pet_names_fn, self.drop_pet_fn = pet_names_fn, drop_pet_fn
+    def __init__(self, names: Any) -> None:
+        self._names = names
         self._after_drop: Optional[tuple[nn.Module, nn.Module]] = None
+
+    @property
+    def backbone_attr(self) -> str:
+        return self._names.backbone_attr
+
+    @property
+    def head_attr(self) -> str:
+        return self._names.head_attr
+
+    @property
+    def pet_names_fn(self) -> str:
+        return self._names.pet_names_fn
+
+    @property
+    def drop_pet_fn(self) -> str:
+        return self._names.drop_pet_fn
 
     @property
     def dropped(self) -> bool:

@@ -163,7 +163,7 @@ class HeadWarmStart(Callback):
         self.reserve, self.keep_head_bias, self.head_bias_seed = reserve, keep_head_bias, head_bias_seed
         self.backbone_attr, self.head_attr = backbone_attr, head_attr
         self.pet_names_fn, self.drop_pet_fn = pet_names_fn, drop_pet_fn
-        self._module_parts = ModuleParts(backbone_attr, head_attr, pet_names_fn, drop_pet_fn)
+        self._module_parts = ModuleParts(self)
         self.lbfgs_max_iter, self.label_key, self.forward_fn = lbfgs_max_iter, label_key, forward_fn
 
         self._stage = 1
