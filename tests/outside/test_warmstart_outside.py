@@ -161,8 +161,7 @@ def test_head_bias_follows_a_module_s_init_seed_not_the_data_seed(tmp_path):
 def test_lbfgs_probe_defaults_are_kumar_s_sweep():
     """Issue 13 item 9: 50 values of C over logspace(-7, 2), 20 L-BFGS iterations each (Kumar et al.)."""
     hws = HeadWarmStart(solver="lbfgs")
-    assert len(hws.cs) == 50 and hws.cs[0] == pytest.approx(1e-7)
-    assert hws.cs[-1] == pytest.approx(100.0)
+    assert len(hws.cs) == 50 and hws.cs[0] == pytest.approx(1e-7) and hws.cs[-1] == pytest.approx(100.0)
     assert hws.lbfgs_max_iter == 20
 
 
