@@ -6,10 +6,11 @@ any project's Trainer. See docs/callbacks.md.
 """
 
 from pl_petune.callbacks._errors import CallbackMisuse
+from pl_petune.callbacks.child_tuning import ChildTuningD
 from pl_petune.callbacks.devsplit import DevSplitEarlyStopping, HeldOutTooEarly
 from pl_petune.callbacks.features import SaveHeadFeatures
 from pl_petune.callbacks.freezing import Freezing
-from pl_petune.callbacks.regularizers import ChildTuningD, Mixout
+from pl_petune.callbacks.mixout import Mixout
 from pl_petune.callbacks.selection import (
            ParamSelector,
            SelectionError,

@@ -26,21 +26,21 @@ _REFUSED_STRATEGIES = ("DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrate
 
 def file_sha256(path: str) -> str:
     """SHA-256 of a file's bytes (a checkpoint in a run record)."""
-    h = hashlib.sha256()
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """A content hash of named tensors (names, dtypes, shapes and bytes), for run records and resume checks."""
-    h = hashlib.sha256()
+    digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def as_selector(value: SelectorLike, what: str, extra_keys: Sequence[str] = ()) -> ParamSelector:
@@ -84,17 +84,17 @@ def resolve_union(module: nn.Module, selectors: Sequence[ParamSelector], what: s
 
 def get_submodule(pl_module: nn.Module, attr: str, role: str, arg: str) -> nn.Module:
     """``pl_module.<attr>`` (dotted path allowed), refused naming ``arg`` (e.g. ``"HeadWarmStart.head_attr"``)."""
-    obj: Any = pl_module
+    current: Any = pl_module
     for part in attr.split("."):
-        if not hasattr(obj, part):
-            children = ", ".join(n for n, _ in obj.named_children()) if isinstance(obj, nn.Module) else ""
-            raise CallbackMisuse(f"{arg}={attr!r}: {type(obj).__name__} has no attribute {part!r} (its children: "
+        if not hasattr(current, part):
+            children = ", ".join(n for n, _ in current.named_children()) if isinstance(current, nn.Module) else ""
+            raise CallbackMisuse(f"{arg}={attr!r}: {type(current).__name__} has no attribute {part!r} (its children: "
                                  f"{children or 'none'}); set {arg} to the attribute that holds the {role}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, nn.Module):
-        raise CallbackMisuse(f"{arg}={attr!r} is a {type(obj).__name__}, not an nn.Module; set {arg} to the "
+        current = getattr(current, part)
+    if not isinstance(current, nn.Module):
+        raise CallbackMisuse(f"{arg}={attr!r} is a {type(current).__name__}, not an nn.Module; set {arg} to the "
                              f"attribute that holds the {role}")
-    return obj
+    return current
 
 
 def submodule_prefix(pl_module: nn.Module, sub: nn.Module) -> str:

@@ -1,5 +1,6 @@
-"""The mechanics of HeadWarmStart's two stages, as plain functions: the plan, following modules through the
-PET drop, finding a checkpoint's state, resetting other callbacks through their public state, the BitFit bias.
+"""The mechanics of HeadWarmStart's two stages, as plain functions: the plan, finding a checkpoint's state,
+resetting other callbacks through their public state, the BitFit bias and its seed, the stage optimizer, the
+backbone restored, the record. Following modules through the PET drop is :mod:`._module_parts`.
 
 Private to ``pl_petune.callbacks``; depends on lightning and torch only.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import Any, Optional, Union
 
 import torch
@@ -16,11 +18,16 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 from pl_petune.callbacks._common import (
     CallbackMisuse,
     describe,
-    get_submodule,
     linear_warmup_decay,
     steps_per_epoch,
+    submodule_prefix,
 )
 from torch import nn
+
+# The checkpoint entry holding, in stage 1, the pretrained values of the tensors stage 1 may change; checkpoints
+# written before it was renamed hold it under the old key, which is still read.
+PRETRAINED_KEY = "pretrained_changeable"
+_OLD_PRETRAINED_KEY = "pretrained_volatile"
 
 
 def check_plan(solver: str, stage1_epochs: Optional[Union[int, float]]) -> Union[int, float]:
@@ -51,35 +58,47 @@ def resolve_plan(stage1_epochs: Union[int, float], max_epochs: Optional[int]) ->
     if max_epochs is None or max_epochs < 1:
         raise CallbackMisuse(f"HeadWarmStart counts stages in epochs but Trainer(max_epochs={max_epochs}); "
                              "set trainer max_epochs")
-    s1 = (max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float)
-          else int(stage1_epochs))
-    if s1 >= max_epochs:
-        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} gives {s1} stage-1 epochs of "
+    stage1 = (max(1, math.floor(stage1_epochs * max_epochs + 1e-9)) if isinstance(stage1_epochs, float)
+              else int(stage1_epochs))
+    if stage1 >= max_epochs:
+        raise CallbackMisuse(f"HeadWarmStart.stage1_epochs={stage1_epochs} gives {stage1} stage-1 epochs of "
                              f"max_epochs={max_epochs}, leaving none for stage 2; lower stage1_epochs or raise "
                              "max_epochs")
-    return s1, max_epochs
+    return stage1, max_epochs
 
 
-def follow(pl_module: nn.Module, old: nn.Module, alive: set[int], attr: str, role: str, drop_fn: str) -> nn.Module:
-    """Where the ``role`` module is after the PET drop: the same object, else the module at ``attr`` (holding the
-    surviving tensors ``alive``), else the smallest module holding all of ``alive`` (PEFT's unload replaces a
-    ``modules_to_save`` wrapper by its trained copy)."""
-    modules = [m for _, m in pl_module.named_modules()]
-    if any(m is old for m in modules):
-        return old
-    try:
-        at_path = get_submodule(pl_module, attr, role, "")
-    except CallbackMisuse:
-        at_path = None
-    if at_path is not None and alive <= {id(p) for p in at_path.parameters()}:
-        return at_path
-    holders = [m for m in modules if alive and alive <= {id(p) for p in m.parameters()}]
-    if not holders:
-        raise CallbackMisuse(f"HeadWarmStart: after {drop_fn}() the {role} is gone: neither its module, nor a module "
-                             f"at {attr!r}, nor one holding its tensors is in the LightningModule; {drop_fn}() must "
-                             "keep "
-                             f"the {role}'s tensors (PEFT: self.model = self.model.unload())")
-    return min(holders, key=lambda m: sum(1 for _ in m.parameters()))
+def check_resumed_plan(state: dict[str, Any], stage1_epochs: int, max_epochs: int) -> None:
+    """Refuse to resume a checkpoint whose stage plan differs from this run's."""
+    if state["stage1_epochs"] != stage1_epochs or state.get("max_epochs", max_epochs) != max_epochs:
+        raise CallbackMisuse(f"HeadWarmStart: the checkpoint's plan is {state['stage1_epochs']} stage-1 epochs of "
+                             f"{state.get('max_epochs')}, this run plans {stage1_epochs} of {max_epochs}; resume "
+                             "with the same stage1_epochs and max_epochs")
+
+
+def pretrained_snapshot(pl_module: nn.Module, backbone: nn.Module, stage1_names: list[str],
+                        resumed: Optional[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """CPU copies of the backbone's parameters and buffers at fit start, and the names stage 1 may change (its
+    trainable backbone parameters and floating buffers, e.g. BatchNorm statistics).
+
+    On a resume in stage 1 (``resumed``: the checkpoint's state) the module's changeable tensors were already
+    trained, so their pretrained values come from the checkpoint.
+
+    Raises:
+        CallbackMisuse: a resumed stage-1 state without those values.
+    """
+    prefix = submodule_prefix(pl_module, backbone)
+    tensors = {prefix + k: v for k, v in [*backbone.named_parameters(), *backbone.named_buffers()]}
+    pretrained = {n: v.detach().to("cpu", copy=True) for n, v in tensors.items()}
+    if resumed is not None:
+        saved = resumed.get(PRETRAINED_KEY, resumed.get(_OLD_PRETRAINED_KEY))
+        if saved is None:
+            raise CallbackMisuse("HeadWarmStart: the stage-1 checkpoint holds no pretrained values of the tensors "
+                                 f"stage 1 changes ({PRETRAINED_KEY!r}), so the backbone could not be restored at the "
+                                 "switch; resume from a checkpoint HeadWarmStart wrote")
+        pretrained.update({n: t.detach().to("cpu", copy=True) for n, t in saved.items()})
+    stage1, params = set(stage1_names), dict(pl_module.named_parameters())
+    changeable = [n for n, t in pretrained.items() if n in stage1 or (n not in params and t.is_floating_point())]
+    return pretrained, changeable
 
 
 def find_state(checkpoint: dict[str, Any], key: str, name: str) -> dict[str, Any]:
@@ -132,6 +151,21 @@ def reinit_linear_biases(head: nn.Module, seed: int) -> None:
                 mod.bias.copy_(fresh.to(mod.bias.dtype))
 
 
+def head_bias_seed(pl_module: Any, given: Optional[int]) -> int:
+    """The seed of EH-FT's head-bias re-initialisation: ``given``, else the module's weight-init seed (its
+    ``init_seed`` attribute or hyper-parameter), else the seed given to ``seed_everything``, else
+    ``torch.initial_seed()``."""
+    if given is not None:
+        return given
+    seed = getattr(pl_module, "init_seed", None)
+    if seed is None:
+        hparams = getattr(pl_module, "hparams", None)
+        seed = hparams.get("init_seed") if hasattr(hparams, "get") else None  # type: ignore[union-attr]
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return int(seed)
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+
 def stage_optimizer(trainer: Trainer, stage: int, lr: Optional[float], to_adamw: bool, epochs: int,
                     warmup_ratio: float) -> str:
     """A fresh optimizer from ``configure_optimizers`` (as AdamW when ``to_adamw``) at ``lr`` (``None``: the
@@ -145,10 +179,10 @@ def stage_optimizer(trainer: Trainer, stage: int, lr: Optional[float], to_adamw:
     if to_adamw and not isinstance(opt, torch.optim.AdamW):
         groups = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in opt.param_groups]
         opt = torch.optim.AdamW(groups, lr=lr)  # type: ignore[arg-type]
-    for g in opt.param_groups:
-        base = lr if lr is not None else g.get("initial_lr", g["lr"])
-        g.pop("initial_lr", None)
-        g["lr"] = base
+    for group in opt.param_groups:
+        base = lr if lr is not None else group.get("initial_lr", group["lr"])
+        group.pop("initial_lr", None)
+        group["lr"] = base
     total = max(1, epochs * steps_per_epoch(trainer))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(math.ceil(warmup_ratio * total), total))
     trainer.strategy.optimizers = [opt]
@@ -198,5 +232,6 @@ def record(cb: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["record", "stage_optimizer", "restore_pretrained", "check_plan", "resolve_plan", "follow", "find_state",
-           "fresh_states", "reset_callbacks", "reinit_linear_biases"]
+__all__ = ["record", "stage_optimizer", "restore_pretrained", "check_plan", "resolve_plan", "find_state",
+           "fresh_states", "reset_callbacks", "reinit_linear_biases", "head_bias_seed", "check_resumed_plan",
+           "pretrained_snapshot", "PRETRAINED_KEY"]

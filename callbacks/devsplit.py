@@ -143,14 +143,14 @@ class DevSplitEarlyStopping(EarlyStopping):
             if not self.best_model_path:
                 self.best_model_path = self._best_path(trainer)
             folder, name = os.path.split(self.best_model_path)
-            tmp = os.path.join(folder, f".{name}.tmp")
+            staging = os.path.join(folder, f".{name}.tmp")
             if trainer.is_global_zero:
                 os.makedirs(folder, exist_ok=True)
-            trainer.save_checkpoint(tmp, weights_only=True)
+            trainer.save_checkpoint(staging, weights_only=True)
             if trainer.is_global_zero:
-                with open(tmp, "rb") as fh:
+                with open(staging, "rb") as fh:
                     os.fsync(fh.fileno())
-                os.replace(tmp, self.best_model_path)
+                os.replace(staging, self.best_model_path)
             trainer.strategy.barrier("DevSplitEarlyStopping.best")
             self.best_epoch = trainer.current_epoch
 

@@ -127,12 +127,12 @@ class SaveHeadFeatures(Callback):
         if trainer.is_global_zero:
             folder = Path(self.dirpath or trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            path, tmp = folder / self.filename, folder / f".{self.filename}.tmp"
-            with open(tmp, "wb") as fh:
+            path, staging = folder / self.filename, folder / f".{self.filename}.tmp"
+            with open(staging, "wb") as fh:
                 np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            os.replace(staging, path)
             self._path = path
 
     def record_extra(self) -> dict[str, Any]:

@@ -293,18 +293,18 @@ class Freezing(Callback):
             return
         configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
         factor = lambda_factor(configs[0].scheduler) if configs else 1.0
-        source = {id(p): gi for gi, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        source = {id(p): group_index for group_index, g in enumerate(optimizer.param_groups) for p in g["params"]}
         by_source: dict[Optional[int], list[nn.Parameter]] = {}
         for p in params:
             by_source.setdefault(source.get(id(p)), []).append(p)
-        for gi, ps in by_source.items():
+        for group_index, moved in by_source.items():
             hyper: dict[str, Any] = {}
-            if gi is not None:
-                group, moving = optimizer.param_groups[gi], {id(p) for p in ps}
+            if group_index is not None:
+                group, moving = optimizer.param_groups[group_index], {id(p) for p in moved}
                 group["params"] = [q for q in group["params"] if id(q) not in moving]
                 hyper = {k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
             # other hyper-parameters of a parameter new to the optimizer come from its defaults
-            optimizer.add_param_group({**hyper, "params": ps, "lr": lr * factor, "initial_lr": lr})
+            optimizer.add_param_group({**hyper, "params": moved, "lr": lr * factor, "initial_lr": lr})
             for cfg in configs:
                 extend_scheduler(cfg.scheduler, lr)
 

@@ -36,6 +36,17 @@ def require_sklearn(owner: str) -> None:
                              "or use solver='adamw'") from None
 
 
+def check_settings(owner: str, c_values: Optional[Sequence[float]], max_iter: int) -> tuple[float, ...]:
+    """The probe's ``C`` values (default :data:`KUMAR_CS`) as floats, refused unless all positive, and its
+    iteration count, refused unless an int >= 1."""
+    values = tuple(float(c) for c in (c_values if c_values is not None else KUMAR_CS))
+    if not values or any(c <= 0 for c in values):
+        raise CallbackMisuse(f"{owner}.cs must be positive values, got {list(values)}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise CallbackMisuse(f"{owner}.lbfgs_max_iter must be an int >= 1, got {max_iter!r}")
+    return values
+
+
 def _gather(trainer: Trainer, t: torch.Tensor) -> torch.Tensor:
     """Rows of every rank, in rank order (ranks may hold different counts)."""
     if trainer.world_size == 1:
@@ -67,7 +78,7 @@ def _features(trainer: Trainer, pl_module: LightningModule, loader: Any, last: n
     return _gather(trainer, x), _gather(trainer, y)
 
 
-def sweep(xtr: torch.Tensor, ytr: torch.Tensor, xdev: torch.Tensor, ydev: torch.Tensor, cs: Sequence[float],
+def sweep(xtr: torch.Tensor, ytr: torch.Tensor, xdev: torch.Tensor, ydev: torch.Tensor, c_values: Sequence[float],
           max_iter: int, fit_intercept: bool) -> dict[str, Any]:
     """Kumar et al.'s sweep on raw features; returns the best ``C``'s weights mapped back to raw features."""
     from sklearn.linear_model import LogisticRegression
@@ -77,7 +88,7 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, xdev: torch.Tensor, ydev: torch.
     ztr, zdev = (xtr_np - mean) / std, (xdev.double().numpy() - mean) / std
     clf = LogisticRegression(warm_start=True, max_iter=max_iter, fit_intercept=fit_intercept)
     best = None
-    for c in cs:
+    for c in c_values:
         clf.C = c
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence warnings at max_iter, as in Kumar's sweep
@@ -90,7 +101,7 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, xdev: torch.Tensor, ydev: torch.
     return {"coef": coef / std, "intercept": (icpt - coef.sum(1) * mean / std) if icpt is not None else None,
             "classes": classes.tolist(), "C": c, "dev_accuracy": acc, "train_accuracy": train_acc,
             "n_train": int(xtr.shape[0]), "n_dev": int(xdev.shape[0]), "features": int(xtr.shape[1]),
-            "cs": list(cs), "max_iter": max_iter, "normalisation": {"mean": mean, "std": std}}
+            "cs": list(c_values), "max_iter": max_iter, "normalisation": {"mean": mean, "std": std}}
 
 
 def map_probe(result: dict[str, Any], last: nn.Linear) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -115,7 +126,7 @@ def map_probe(result: dict[str, Any], last: nn.Linear) -> tuple[torch.Tensor, Op
                          "class (or one for binary)")
 
 
-def solve_head(trainer: Trainer, pl_module: LightningModule, head: nn.Module, *, cs: Sequence[float],
+def solve_head(trainer: Trainer, pl_module: LightningModule, head: nn.Module, *, c_values: Sequence[float],
                max_iter: int, label_key: str = "labels",
                forward: Optional[Callable[[LightningModule, Any], Any]] = None) -> dict[str, Any]:
     """Fit the head's last ``nn.Linear`` by the probe (rank 0 solves on every rank's rows, all ranks load it).
@@ -135,14 +146,14 @@ def solve_head(trainer: Trainer, pl_module: LightningModule, head: nn.Module, *,
                              "val dataloader; give one (or use DevSplitEarlyStopping(dev_fraction=...))")
     xtr, ytr = _features(trainer, pl_module, trainer.train_dataloader, last, forward, label_key)
     xdev, ydev = _features(trainer, pl_module, trainer.val_dataloaders, last, forward, label_key)
-    result = sweep(xtr, ytr, xdev, ydev, cs, max_iter, last.bias is not None) if trainer.is_global_zero else None
+    result = sweep(xtr, ytr, xdev, ydev, c_values, max_iter, last.bias is not None) if trainer.is_global_zero else None
     result = cast("dict[str, Any]", trainer.strategy.broadcast(result, src=0))  # rank zero's dict, on every rank
-    w, b = map_probe(result, last)
+    weight, bias = map_probe(result, last)
     with torch.no_grad():
-        last.weight.copy_(w.to(last.weight.dtype))
-        if last.bias is not None and b is not None:
-            last.bias.copy_(b.to(last.bias.dtype))
+        last.weight.copy_(weight.to(last.weight.dtype))
+        if last.bias is not None and bias is not None:
+            last.bias.copy_(bias.to(last.bias.dtype))
     return {k: v for k, v in result.items() if k not in ("coef", "intercept")}
 
 
-__all__ = ["KUMAR_CS", "KUMAR_MAX_ITER", "require_sklearn", "sweep", "map_probe", "solve_head"]
+__all__ = ["KUMAR_CS", "KUMAR_MAX_ITER", "require_sklearn", "check_settings", "sweep", "map_probe", "solve_head"]

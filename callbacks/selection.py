@@ -142,9 +142,9 @@ class ParamSelector:
     def describe(self) -> str:
         parts = []
         for key in ("include", "module_types", "exclude", "bias_only", "layers"):
-            val = getattr(self, key)
-            if val:
-                shown = [getattr(v, '__name__', v) for v in val] if isinstance(val, (list, tuple)) else val
+            value = getattr(self, key)
+            if value:
+                shown = [getattr(v, '__name__', v) for v in value] if isinstance(value, (list, tuple)) else value
                 parts.append(f"{key}={shown}")
         return "(" + ", ".join(parts) + ")" if parts else "(all parameters)"
 

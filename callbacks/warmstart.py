@@ -7,12 +7,12 @@ PET parameters are discarded (or kept: EH-FT's ``reserve`` ablation), the stage-
 optimizer and warmup schedule start stage 2.
 
 The module contract (``backbone``/``head`` attributes, the optional PET methods, one optimizer) is in the
-class docstring and docs/callbacks.md; the stage mechanics are plain functions in ``_twostage``.
+class docstring and docs/callbacks.md and is read by ``_module_parts``; the stage mechanics are plain
+functions in ``_twostage``; the closed-form probe is :mod:`~pl_petune.callbacks.probe`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
@@ -24,18 +24,20 @@ from pl_petune.callbacks._common import (
     SelectorLike,
     as_selector,
     check_strategy,
-    describe,
-    get_submodule,
     resolve,
     rewrap_ddp,
     submodule_prefix,
     tensor_sha256,
 )
+from pl_petune.callbacks._module_parts import ModuleParts
 from pl_petune.callbacks._twostage import (
+    PRETRAINED_KEY,
     check_plan,
+    check_resumed_plan,
     find_state,
-    follow,
     fresh_states,
+    head_bias_seed,
+    pretrained_snapshot,
     record,
     reinit_linear_biases,
     reset_callbacks,
@@ -106,7 +108,8 @@ class HeadWarmStart(Callback):
         head_attr: attribute (dotted path) of the module holding the head.
         pet_names_fn: name of the module method listing PET parameter names.
         drop_pet_fn: name of the module method removing PET layers.
-        cs: the ``C`` sweep of the L-BFGS probe; default Kumar et al.'s 50 values of ``logspace(-7, 2)``.
+        cs: the values of ``C`` (inverse regularisation strength) the L-BFGS probe sweeps; default Kumar et al.'s
+            50 values of ``logspace(-7, 2)``. The name is a recipe and record key, kept as it is.
         lbfgs_max_iter: L-BFGS iterations per ``C`` (warm-started along the sweep); default Kumar's 20.
         label_key: key of the labels in a dict batch (a tuple batch is ``(inputs, labels)``).
         forward_fn: ``fn(pl_module, batch)`` running the module on a batch for the probe's features; default
@@ -150,11 +153,7 @@ class HeadWarmStart(Callback):
                 raise CallbackMisuse(f"HeadWarmStart.{name} must be > 0, got {lr}")
         if not 0.0 <= warmup_ratio < 1.0:
             raise CallbackMisuse(f"HeadWarmStart.warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        self.cs = tuple(float(c) for c in (cs if cs is not None else probe.KUMAR_CS))
-        if not self.cs or any(c <= 0 for c in self.cs):
-            raise CallbackMisuse(f"HeadWarmStart.cs must be positive values, got {list(self.cs)}")
-        if isinstance(lbfgs_max_iter, bool) or not isinstance(lbfgs_max_iter, int) or lbfgs_max_iter < 1:
-            raise CallbackMisuse(f"HeadWarmStart.lbfgs_max_iter must be an int >= 1, got {lbfgs_max_iter!r}")
+        self.cs = probe.check_settings("HeadWarmStart", cs, lbfgs_max_iter)
         if solver == "lbfgs":
             probe.require_sklearn("HeadWarmStart")
         self.stage1_lr, self.stage2_lr, self.warmup_ratio, self.solver = stage1_lr, stage2_lr, warmup_ratio, solver
@@ -164,6 +163,7 @@ class HeadWarmStart(Callback):
         self.reserve, self.keep_head_bias, self.head_bias_seed = reserve, keep_head_bias, head_bias_seed
         self.backbone_attr, self.head_attr = backbone_attr, head_attr
         self.pet_names_fn, self.drop_pet_fn = pet_names_fn, drop_pet_fn
+        self._module_parts = ModuleParts(self)
         self.lbfgs_max_iter, self.label_key, self.forward_fn = lbfgs_max_iter, label_key, forward_fn
 
         self._stage = 1
@@ -176,7 +176,6 @@ class HeadWarmStart(Callback):
         self._stage1_names: list[str] = []
         self._stage1_count: Optional[int] = None  # kept in the checkpoint: a run resumed in stage 2 records it too
         self._stage2_default: Optional[list[str]] = None
-        self._parts_after_drop: Optional[tuple[nn.Module, nn.Module]] = None
         self._resume: Optional[dict[str, Any]] = None
         self._fresh_states: Optional[list[tuple[Callback, dict[str, Any]]]] = None
         self._lbfgs: dict[str, Any] = {}
@@ -198,37 +197,19 @@ class HeadWarmStart(Callback):
         """The current stage, 1 or 2."""
         return self._stage
 
-    # ---- the module contract ------------------------------------------------------------------------
+    # ---- the module contract (read by ModuleParts) ----------------------------------------------------
     def _parts(self, pl_module: LightningModule) -> tuple[nn.Module, nn.Module]:
-        if self._parts_after_drop is not None:
-            return self._parts_after_drop
-        return (get_submodule(pl_module, self.backbone_attr, "backbone", "HeadWarmStart.backbone_attr"),
-                get_submodule(pl_module, self.head_attr, "head", "HeadWarmStart.head_attr"))
+        return self._module_parts.backbone_and_head(pl_module)
 
-    def _pet_names(self, pl_module: LightningModule) -> list[str]:
-        fn = getattr(pl_module, self.pet_names_fn, None)
-        if not callable(fn):
-            return []
-        names = list(fn())
-        unknown = [n for n in names if n not in dict(pl_module.named_parameters())]
-        if unknown:
-            raise CallbackMisuse(f"HeadWarmStart.pet_names_fn: {type(pl_module).__name__}.{self.pet_names_fn}() "
-                                 f"returned {describe(unknown)}, not names in named_parameters(); return full names")
-        return names
+    def _pet_names(self, pl_module: nn.Module) -> list[str]:
+        return self._module_parts.pet_names(pl_module)
 
     def _can_drop(self, pl_module: LightningModule) -> bool:
-        return not self.reserve and callable(getattr(pl_module, self.drop_pet_fn, None))
+        return not self.reserve and self._module_parts.can_drop(pl_module)
 
-    def _drop_pet(self, pl_module: LightningModule) -> None:
-        """Drop the PET layers and follow backbone and head to wherever the drop left them."""
-        backbone, head = self._parts(pl_module)
+    def _drop_pet(self, pl_module: nn.Module) -> None:
         self._pet = self._pet or self._pet_names(pl_module)  # kept for the record once the layers are gone
-        before = {"backbone": [id(p) for p in backbone.parameters()], "head": [id(p) for p in head.parameters()]}
-        getattr(pl_module, self.drop_pet_fn)()
-        alive = {id(p) for p in pl_module.parameters()}
-        self._parts_after_drop = tuple(
-            follow(pl_module, old, {i for i in before[role] if i in alive}, attr, role, self.drop_pet_fn)
-            for role, old, attr in (("backbone", backbone, self.backbone_attr), ("head", head, self.head_attr)))
+        self._module_parts.drop(pl_module)
 
     # ---- setup: the plan -----------------------------------------------------------------------------
     @override
@@ -247,10 +228,10 @@ class HeadWarmStart(Callback):
 
     def _match_tree(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
         self._disarm()
-        pet = set(self._pet_names(module))  # type: ignore[arg-type]
+        pet = set(self._pet_names(module))
         if prefix or not pet or pet & set(state_dict):
             return  # a stage-1 tree (or a partial one: the strict load then names what is missing)
-        self._drop_pet(module)  # type: ignore[arg-type]
+        self._drop_pet(module)
         self._stage = 2
 
     def _disarm(self) -> None:
@@ -271,7 +252,7 @@ class HeadWarmStart(Callback):
                                  "head_bias_seed": self._head_bias_seed_used, "stage1_best": self._stage1_best,
                                  "stage1_trainable": self._stage1_count}
         if self._stage == 1:
-            state["pretrained_volatile"] = {n: self._pretrained[n] for n in self._changeable}
+            state[PRETRAINED_KEY] = {n: self._pretrained[n] for n in self._changeable}
         return state
 
     @override
@@ -282,7 +263,7 @@ class HeadWarmStart(Callback):
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this after loading the weights, and only for checkpoints with callback states.
         state = find_state(checkpoint, self.state_key, type(self).__qualname__)
-        dropped = self._parts_after_drop is not None
+        dropped = self._module_parts.dropped
         if self._can_drop(pl_module) and dropped != (state["stage"] == 2):
             raise CallbackMisuse(f"HeadWarmStart: the checkpoint's state says stage {state['stage']} but its weights "
                                  f"are a stage-{1 + dropped} tree (with{'out' if dropped else ''} the PET layers); "
@@ -293,11 +274,7 @@ class HeadWarmStart(Callback):
             return
         if self._fresh_states is None:
             self._fresh_states = fresh_states(trainer)  # other callbacks are set up and not yet restored
-        planned = (self._stage1_epochs, self._max_epochs)
-        if state["stage1_epochs"] != planned[0] or state.get("max_epochs", planned[1]) != planned[1]:
-            raise CallbackMisuse(f"HeadWarmStart: the checkpoint's plan is {state['stage1_epochs']} stage-1 epochs of "
-                                 f"{state.get('max_epochs')}, this run plans {planned[0]} of {planned[1]}; resume "
-                                 "with the same stage1_epochs and max_epochs")
+        check_resumed_plan(state, self._stage1_epochs, self._max_epochs)
         self._resume = state
 
     # ---- fit start: the trainable set, the snapshot, the stage's optimizer ----------------------------
@@ -335,21 +312,14 @@ class HeadWarmStart(Callback):
             self._stage1_names = [n for n in names if n in chosen]
             self._stage1_count = len(self._stage1_names)
             # the pretrained backbone: after the module's setup()/configure_model(), before any step
-            tensors = {bb_prefix + k: v for k, v in [*backbone.named_parameters(), *backbone.named_buffers()]}
-            self._pretrained = {n: v.detach().to("cpu", copy=True) for n, v in tensors.items()}
-            if self._resume is not None:  # the tensors stage 1 changed come from the checkpoint, not the module
-                self._pretrained.update({n: t.detach().to("cpu", copy=True)
-                                         for n, t in self._resume["pretrained_volatile"].items()})
-            stage1, params = set(self._stage1_names), dict(pl_module.named_parameters())
-            # what stage 1 can change: its trainable backbone parameters and floating buffers (e.g. BatchNorm stats)
-            self._changeable = [n for n, t in self._pretrained.items()
-                                if n in stage1 or (n not in params and t.is_floating_point())]
+            self._pretrained, self._changeable = pretrained_snapshot(pl_module, backbone, self._stage1_names,
+                                                                     self._resume)
             set_trainable(pl_module, self._stage1_names)
         if self._resume is not None:
-            r = self._resume
-            self._switch_epoch, self._lbfgs = r["switch_epoch"], dict(r.get("lbfgs") or {})
-            self._head_sha = r.get("head_sha256")
-            self._head_bias_seed_used, self._stage1_best = r.get("head_bias_seed"), r.get("stage1_best")
+            saved = self._resume
+            self._switch_epoch, self._lbfgs = saved["switch_epoch"], dict(saved.get("lbfgs") or {})
+            self._head_sha = saved.get("head_sha256")
+            self._head_bias_seed_used, self._stage1_best = saved.get("head_bias_seed"), saved.get("stage1_best")
             self._resume = None
         rewrap_ddp(trainer)
         # A fresh optimizer for the current stage; on resume the checkpoint's state then loads onto it.
@@ -367,15 +337,15 @@ class HeadWarmStart(Callback):
         return [n for n in self._stage2_default if n in known]
 
     def _setup_stage_optimizer(self, trainer: Trainer) -> None:
-        s1 = self._stage == 1
-        epochs = self._stage1_epochs if s1 else self._max_epochs - self._stage1_epochs
-        self._optimizer_name = stage_optimizer(trainer, self._stage, self.stage1_lr if s1 else self.stage2_lr,
-                                               s1 and self.solver == "adamw", epochs, self.warmup_ratio)
+        in_stage1 = self._stage == 1
+        epochs = self._stage1_epochs if in_stage1 else self._max_epochs - self._stage1_epochs
+        self._optimizer_name = stage_optimizer(trainer, self._stage, self.stage1_lr if in_stage1 else self.stage2_lr,
+                                               in_stage1 and self.solver == "adamw", epochs, self.warmup_ratio)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.solver == "lbfgs" and self._stage == 1 and not self._lbfgs:
-            self._lbfgs = probe.solve_head(trainer, pl_module, self._parts(pl_module)[1], cs=self.cs,
+            self._lbfgs = probe.solve_head(trainer, pl_module, self._parts(pl_module)[1], c_values=self.cs,
                                            max_iter=self.lbfgs_max_iter, label_key=self.label_key,
                                            forward=self.forward_fn)
 
@@ -387,11 +357,7 @@ class HeadWarmStart(Callback):
     # ---- the switch -----------------------------------------------------------------------------------
     def _switch(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.keep_head_bias:
-            seed = self.head_bias_seed
-            if seed is None:
-                seed = _module_init_seed(pl_module)
-                if seed is None:
-                    seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+            seed = head_bias_seed(pl_module, self.head_bias_seed)
             self._head_bias_seed_used = int(trainer.strategy.broadcast(seed, src=0))  # one draw for every rank
             reinit_linear_biases(self._parts(pl_module)[1], self._head_bias_seed_used)
         self._head_sha = tensor_sha256(dict(self._parts(pl_module)[1].state_dict()))
@@ -420,11 +386,3 @@ class HeadWarmStart(Callback):
         """The stage plan, the head's source and the solver, for the run record (``petune fit`` collects it)."""
         return {"head_warm_start": record(self)}
 
-
-def _module_init_seed(pl_module: Any) -> Optional[int]:
-    """The module's weight-init seed (``init_seed`` attribute or hyper-parameter), if it declares one."""
-    seed = getattr(pl_module, "init_seed", None)
-    if seed is None:
-        hparams = getattr(pl_module, "hparams", None)
-        seed = hparams.get("init_seed") if hasattr(hparams, "get") else None  # type: ignore[union-attr]
-    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None

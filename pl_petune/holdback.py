@@ -74,11 +74,11 @@ class HoldBack:
             return self
         self._saved = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _Tee(sys.stdout, self._sink), _Tee(sys.stderr, self._sink)
-        loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                           if isinstance(lg, logging.Logger)]
+        loggers = [logging.getLogger()] + [log for log in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(log, logging.Logger)]
         seen: set[int] = set()
-        for lg in loggers:
-            for handler in lg.handlers:
+        for log in loggers:
+            for handler in log.handlers:
                 if id(handler) not in seen:
                     seen.add(id(handler))
                     f = _HoldFilter(handler, self._sink)

@@ -33,17 +33,17 @@ _DEFAULTS: dict[str, dict[str, Any]] = {}
 _DEFAULT_MODE = "min"  # the parser's default for both modes; a mode set to anything else must agree
 
 
-def to_dict(ns: Any) -> Any:
+def to_dict(namespace: Any) -> Any:
     """A parsed jsonargparse namespace as plain dicts and lists (private ``__*`` keys dropped)."""
     from jsonargparse import Namespace
 
-    if isinstance(ns, Namespace):
-        return {k: to_dict(v) for k, v in vars(ns).items() if not k.startswith("__")}
-    if isinstance(ns, (list, tuple)):
-        return [to_dict(v) for v in ns]
-    if isinstance(ns, dict):  # e.g. data.ood: a dict of dataclass namespaces
-        return {k: to_dict(v) for k, v in ns.items()}
-    return ns
+    if isinstance(namespace, Namespace):
+        return {k: to_dict(v) for k, v in vars(namespace).items() if not k.startswith("__")}
+    if isinstance(namespace, (list, tuple)):
+        return [to_dict(v) for v in namespace]
+    if isinstance(namespace, dict):  # e.g. data.ood: a dict of dataclass namespaces
+        return {k: to_dict(v) for k, v in namespace.items()}
+    return namespace
 
 
 def drop_non_identity(flat: dict[str, Any]) -> dict[str, Any]:

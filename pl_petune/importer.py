@@ -198,18 +198,18 @@ def parse_rows(path: Path, unit: str | None, protocol: str | None) -> tuple[list
             errors.append(f"line {line}: {err}")
     _raise_first(path, errors)
 
-    bounded = [(ln, m, v) for ln, _, m, v, pct in scores if not pct]
+    bounded = [(line_no, m, v) for line_no, _, m, v, pct in scores if not pct]
     if unit is None:
         if any(pct for *_, pct in scores):
             unit = "percent"
         else:
-            out = [(ln, m, v) for ln, m, v in bounded
+            out = [(line_no, m, v) for line_no, m, v in bounded
                    if not math.isnan(v) and not METRIC_RANGES[m][0] <= v <= METRIC_RANGES[m][1]]
             if out:
-                ln, m, v = out[0]
-                raise ImportFileError(f"{path}: the unit of the scores is ambiguous (line {ln}: {m} = {v:g} fits only "
-                                   f"percent, {len(bounded) - len(out)} values fit fractions); pass --unit percent "
-                                   "or --unit fraction")
+                line_no, m, v = out[0]
+                raise ImportFileError(f"{path}: the unit of the scores is ambiguous (line {line_no}: {m} = {v:g} fits "
+                                   f"only percent, {len(bounded) - len(out)} values fit fractions); pass --unit "
+                                   "percent or --unit fraction")
             unit = "fraction"
     by_run: dict[str, dict[str, Any]] = {}
     for line, ident, metric, value, pct in scores:

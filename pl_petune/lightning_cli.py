@@ -5,13 +5,13 @@ held-out split with the best checkpoint → a run record in the results store (a
 W&B logger is configured). The CLI only wires: it links the task's facts from ``data.task`` to
 ``model.init_args.task`` and the backbone's name to the data module's tokenizer (so data and methods never
 import each other), sets the protocol's defaults, chooses the run folder, and runs the one test pass after
-fit. What identifies a run is :mod:`pl_petune.identity`; the record is written by the
+fit. What identifies a run is :mod:`pl_petune.identity`; what the ``run.*`` options mean (the skip of a
+complete run, what ``petune test`` may score) is :mod:`pl_petune.run_policy`; the record is written by the
 :class:`~pl_petune.recorder.RunRecorder` callback it adds to the trainer.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -22,11 +22,9 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from pl_petune.arg_errors import ArgumentsError, CondensingParser, condense, petune_cause
-from pl_petune.callbacks._common import file_sha256
+from pl_petune.arg_errors import ArgumentsError, CondensingParser, condense
 from pl_petune.data.module import TaskDataModule, check_data_files
-from pl_petune.data.protocols import LEAKY
-from pl_petune.errors import ConfigError, PetuneError
+from pl_petune.errors import PetuneError
 from pl_petune.faults import RunGuard, one_line
 from pl_petune.identity import (
     ALWAYS_IDENTITY,
@@ -42,16 +40,13 @@ from pl_petune.methods import PetuneModule
 from pl_petune.record_build import log_record_to_wandb, summary_line
 from pl_petune.recorder import HeadlineSpec, RunRecorder, discard_checkpoints
 from pl_petune.records import run_key
-from pl_petune.store import Store, default_store_path
+from pl_petune.run_policy import AlreadyComplete, check_not_complete, heldout_permission, refuse_overwritten
 
-__all__ = ["RunOptions", "PetuneCLI", "make_cli", "parse_only", "parse_only_cli", "run_lightning_cli",
-           "run_key_for", "NON_IDENTITY", "ALWAYS_IDENTITY", "ArgumentsError", "RunRecorder", "discard_checkpoints",
-           "log_record_to_wandb", "condense"]
-
-# Old private names, kept for the modules and tests that import them from here.
-_method_name = method_name
-_one_line = condense
-_petune_cause = petune_cause
+# The run policy, run_key_for, RunRecorder, ... are re-exported: earlier code imports them from here.
+__all__ = ["PetuneCLI", "make_cli", "parse_only", "parse_only_cli", "run_lightning_cli", "RunOptions",
+           "AlreadyComplete", "refuse_overwritten", "heldout_permission", "run_key_for", "NON_IDENTITY",
+           "ALWAYS_IDENTITY", "ArgumentsError", "RunRecorder", "discard_checkpoints", "log_record_to_wandb",
+           "condense"]
 
 
 @dataclass
@@ -91,10 +86,6 @@ class RunOptions:
     save_predictions: bool = False
     keep_optimizer_state: bool = False
     headline: Optional[HeadlineSpec] = None
-
-
-class AlreadyComplete(Exception):
-    """The run's record is complete in the store: nothing to train (``run.rerun`` forces it)."""
 
 
 # Fault handling of the command being run (lock, held output, signal guard); run_lightning_cli replaces it.
@@ -160,18 +151,7 @@ class PetuneCLI(LightningCLI):
         key = run_key(ident)
         method = method_name(cfg.model.class_path)
         run_dir = Path(run.out_dir) / spec.name / method / key
-        if not run.rerun:
-            store_path = Path(run.store or default_store_path())
-            done = Store(store_path).get(key) if store_path.is_file() else None
-            if done is not None and done.get("status") == "complete":
-                raise AlreadyComplete(f"petune: run {key} is already complete in {store_path}: "
-                                      f"{summary_line(done)} (--run.rerun true trains it again)")
-            from pl_petune.index import read_record  # the run folder is the truth: another node may have run it
-
-            done = read_record(run_dir)
-            if done is not None and done.get("status") == "complete" and done.get("run_key") == key:
-                raise AlreadyComplete(f"petune: run {key} is already complete in {run_dir / 'record.json'}: "
-                                      f"{summary_line(done)} (--run.rerun true trains it again)")
+        check_not_complete(run, key, run_dir)
         guard.take_run(run_dir, key)
         cfg.trainer.default_root_dir = str(run_dir)
         cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
@@ -260,69 +240,6 @@ class PetuneCLI(LightningCLI):
             if self.recorder is not None:
                 self.recorder.fail(err)
             raise
-
-
-def refuse_overwritten(cfg: Any) -> None:
-    """Refuse the ``fit`` options that ``petune fit`` sets itself, instead of overwriting them silently.
-
-    Raises:
-        ConfigError: ``trainer.default_root_dir`` or ``checkpoint.dirpath`` (the run folder decides both),
-            ``seed_everything`` (the run's two seeds decide), or ``run.allow_leaky_test`` (for ``petune test``).
-    """
-    folder = "each run writes into its run folder <run.out_dir>/<task>/<method>/<run key>/; set --run.out_dir"
-    for key in ("trainer.default_root_dir", "checkpoint.dirpath"):
-        value = cfg[key]
-        if value is not None:
-            raise ConfigError(f"{key} {str(value)!r} is set by petune fit: {folder}")
-    seed = cfg.get("seed_everything")
-    if seed is not None and seed is not False:  # 0 is a seed too (0 == False)
-        raise ConfigError(f"seed_everything {seed!r} is not used by petune fit: data.data_seed seeds the split, the "
-                          "data order and dropout, model.init_args.init_seed the new parameters; --run.seed S sets "
-                          "both")
-    if cfg.run.allow_leaky_test:
-        raise ConfigError("run.allow_leaky_test is for petune test; petune fit scores the held-out split once, "
-                          "with its best-on-dev checkpoint")
-
-
-def heldout_permission(cfg: Any) -> Optional[str]:
-    """What ``petune test`` may score: ``"leaky"`` (asked for), the checkpoint path (the recorded best-on-dev
-    checkpoint of a complete run with the same split), or None (a leaky protocol: nothing is held out).
-
-    Raises:
-        ConfigError: none of these: the held-out split would be scored outside the protocol.
-    """
-    if cfg.run.allow_leaky_test:
-        return "leaky"
-    if cfg.data.protocol in LEAKY:
-        return None
-    hint = ("petune test scores the held-out split only with the best-on-dev checkpoint of a complete run "
-            "(<run folder>/checkpoints/, kept with --run.keep_checkpoints true); --run.allow_leaky_test true "
-            "scores it anyway, marked leaky")
-    ckpt = cfg.get("ckpt_path")
-    if not ckpt:
-        raise ConfigError(f"no --ckpt_path was given; {hint}")
-    path = Path(ckpt)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {ckpt!r} does not exist; {hint}")
-    record_file = path.resolve().parent.parent / "record.json"
-    try:
-        rec = json.loads(record_file.read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"checkpoint {ckpt!r} has no readable run record at {str(record_file)!r}; {hint}") from None
-    if rec.get("status") != "complete":
-        raise ConfigError(f"the run of checkpoint {ckpt!r} is {rec.get('status')!r}, not complete; {hint}")
-    if rec.get("best_checkpoint_sha256") != file_sha256(path):
-        raise ConfigError(f"checkpoint {ckpt!r} is not the best-on-dev checkpoint its run {rec.get('run_key')} "
-                          f"recorded (SHA-256 differs); {hint}")
-    mine = {"task": cfg.data.task, "protocol": cfg.data.protocol, "data_seed": cfg.data.data_seed,
-            "data.dev_fraction": cfg.data.dev_fraction}
-    theirs = {"task": rec.get("task"), "protocol": rec.get("protocol"), "data_seed": rec.get("data_seed"),
-              "data.dev_fraction": rec.get("hparams", {}).get("data.dev_fraction", mine["data.dev_fraction"])}
-    for key, value in mine.items():
-        if theirs[key] != value:
-            raise ConfigError(f"checkpoint {ckpt!r} was selected with {key} {theirs[key]!r}, this test has "
-                              f"{value!r}: its held-out split is another one; {hint}")
-    return str(path)
 
 
 def make_cli(argv: list[str], run: bool = True) -> PetuneCLI:

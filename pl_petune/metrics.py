@@ -42,7 +42,7 @@ def build_metrics(spec: TaskSpec, prefix: str) -> torchmetrics.MetricCollection:
 
 def score_predictions(spec: TaskSpec, preds: Any, target: Any) -> dict[str, float]:
     """Metric values (no prefix) of predictions against targets, e.g. for a majority baseline."""
-    mc = build_metrics(spec, prefix="")
+    metrics = build_metrics(spec, prefix="")
     dtype = torch.float if spec.kind == "regression" else torch.long
-    mc.update(torch.as_tensor(preds, dtype=dtype), torch.as_tensor(target, dtype=dtype))
-    return {k: float(v) for k, v in mc.compute().items()}
+    metrics.update(torch.as_tensor(preds, dtype=dtype), torch.as_tensor(target, dtype=dtype))
+    return {k: float(v) for k, v in metrics.compute().items()}

@@ -147,16 +147,16 @@ def count(method: str, backbone: str, task: str = "cb", real_fallback: bool = Tr
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ("method", "trainable", "total", "%", "backbone %", "added", "head")
     lines = [head]
-    counted = [r for r in rows if "not_counted" not in r]
-    for r in counted:
-        lines.append((r["method"], f"{r['trainable_params']:,}", f"{r['total_params']:,}",
-                      f"{r['trainable_percent']:.4f}", f"{r['trainable_backbone_percent']:.4f}",
-                      f"{r['added_params']:,}", f"{r['head_params']:,}"))
+    counted = [row for row in rows if "not_counted" not in row]
+    for row in counted:
+        lines.append((row["method"], f"{row['trainable_params']:,}", f"{row['total_params']:,}",
+                      f"{row['trainable_percent']:.4f}", f"{row['trainable_backbone_percent']:.4f}",
+                      f"{row['added_params']:,}", f"{row['head_params']:,}"))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      for row in lines)
-    text += "".join(f"\n{r['method']}  (its init computes with the weights: petune params --method {r['method']})"
-                    for r in rows if "not_counted" in r)
+    text += "".join(f"\n{row['method']}  (its init computes with the weights: petune params --method {row['method']})"
+                    for row in rows if "not_counted" in row)
     return (f"{text}\n\nbackbone {counted[0]['backbone']}; denominator: {counted[0]['param_denominator']}\n"
             "%: all trainable parameters (head and added layers included) / denominator; backbone %: "
             "trainable pretrained backbone parameters / denominator")

@@ -74,14 +74,14 @@ def run_key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(nested: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: nested dicts become dotted keys; other values stay as they are."""
     out: dict[str, Any] = {}
-    if isinstance(d, Mapping):
-        for k, v in d.items():
+    if isinstance(nested, Mapping):
+        for k, v in nested.items():
             out.update(flatten(v, f"{prefix}{k}."))
     else:
-        out[prefix[:-1]] = d
+        out[prefix[:-1]] = nested
     return out
 
 
@@ -113,7 +113,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     in the same folder, fsync, rename). The file gets the usual permissions (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -121,10 +121,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(fh.fileno())
         mask = os.umask(0)
         os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
+        os.chmod(staging, 0o666 & ~mask)
+        os.replace(staging, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        Path(staging).unlink(missing_ok=True)
         raise
     return path
 

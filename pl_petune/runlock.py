@@ -116,10 +116,10 @@ class RunLock:
                 break
             os.close(fd)
         self._fd = fd
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
               "since": time.time()}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         os.fsync(fd)
 
     @staticmethod

@@ -126,40 +126,40 @@ class TaskSpec:
 
 
 # ---- input formatters: raw row -> text_a, text_b (or a list of pairs for multiple choice) -----------
-def _pair(a: str, b: str) -> Callable:
-    return lambda r: (r[a], r[b])
+def _pair(first: str, second: str) -> Callable:
+    return lambda row: (row[first], row[second])
 
 
-def _single(a: str) -> Callable:
-    return lambda r: (r[a], None)
+def _single(field: str) -> Callable:
+    return lambda row: (row[field], None)
 
 
 COPA_CONNECTIVES = {"cause": "because", "effect": "so"}
 
 
-def _copa(r: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _copa(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     # PETuning: text_a = premise + " because" (cause) / " so" (effect), text_b = the choice.
-    first = f"{r['premise']} {COPA_CONNECTIVES[r['question']]}"
-    return [(first, r["choice1"]), (first, r["choice2"])]
+    first = f"{row['premise']} {COPA_CONNECTIVES[row['question']]}"
+    return [(first, row["choice1"]), (first, row["choice2"])]
 
 
-def _copa_problem(r: Mapping[str, Any]) -> str | None:
-    if r.get("question") not in COPA_CONNECTIVES:
-        return f"question {r.get('question')!r} not in the task's set {', '.join(COPA_CONNECTIVES)}"
+def _copa_problem(row: Mapping[str, Any]) -> str | None:
+    if row.get("question") not in COPA_CONNECTIVES:
+        return f"question {row.get('question')!r} not in the task's set {', '.join(COPA_CONNECTIVES)}"
     return None
 
 
-def _wsc_target(r: Mapping[str, Any]) -> Mapping[str, Any]:
-    return r["target"] if isinstance(r.get("target"), Mapping) else r
+def _wsc_target(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    return row["target"] if isinstance(row.get("target"), Mapping) else row
 
 
-def _wsc(r: Mapping[str, Any]) -> tuple[str, str]:
-    target = _wsc_target(r)
-    return f"{target['span2_text']}: {r['text']}", target["span1_text"]
+def _wsc(row: Mapping[str, Any]) -> tuple[str, str]:
+    target = _wsc_target(row)
+    return f"{target['span2_text']}: {row['text']}", target["span1_text"]
 
 
-def _wsc_problem(r: Mapping[str, Any]) -> str | None:
-    target = _wsc_target(r)
+def _wsc_problem(row: Mapping[str, Any]) -> str | None:
+    target = _wsc_target(row)
     for key in ("span1_text", "span2_text"):
         problem = _text_problem(key, target.get(key, _MISSING))
         if problem:
@@ -167,8 +167,8 @@ def _wsc_problem(r: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _wic(r: Mapping[str, Any]) -> tuple[str, None]:
-    return f"{r['sentence1']} {r['sentence2']} Does {r['word']} have the same meaning in both sentences?", None
+def _wic(row: Mapping[str, Any]) -> tuple[str, None]:
+    return f"{row['sentence1']} {row['sentence2']} Does {row['word']} have the same meaning in both sentences?", None
 
 
 _MISSING = object()

@@ -73,18 +73,18 @@ class Collator:
         self.pad_id, self.pad_to = pad_id, pad_to
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        mc = isinstance(rows[0]["input_ids"][0], list)
-        seqs = [s for r in rows for s in (r["input_ids"] if mc else [r["input_ids"]])]
+        multiple_choice = isinstance(rows[0]["input_ids"][0], list)
+        seqs = [s for r in rows for s in (r["input_ids"] if multiple_choice else [r["input_ids"]])]
         width = self.pad_to or max(len(s) for s in seqs)
         out: dict[str, torch.Tensor] = {}
         for key, pad in (("input_ids", self.pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
             if key not in rows[0]:
                 continue
-            vals = [s for r in rows for s in (r[key] if mc else [r[key]])]
+            vals = [s for r in rows for s in (r[key] if multiple_choice else [r[key]])]
             t = torch.full((len(vals), width), pad, dtype=torch.long)
             for i, v in enumerate(vals):
                 t[i, : len(v)] = torch.tensor(v[:width], dtype=torch.long)
-            out[key] = t.view(len(rows), -1, width) if mc else t
+            out[key] = t.view(len(rows), -1, width) if multiple_choice else t
         labels = [r["label"] for r in rows]
         out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
         return out

@@ -47,9 +47,10 @@ def check_data_files(task: str, data_dir: Optional[str], ood: Optional[dict[str,
     if root is None:
         return
     wanted = [(get_task(task), "train"), (get_task(task), "dev")]
-    for o in (ood or {}).values():
-        o_task, o_split = (o["task"], o.get("split", "dev")) if isinstance(o, dict) else (o.task, o.split)
-        wanted.append((get_task(o_task), o_split))
+    for ood_set in (ood or {}).values():
+        ood_task, ood_split = ((ood_set["task"], ood_set.get("split", "dev")) if isinstance(ood_set, dict)
+                               else (ood_set.task, ood_set.split))
+        wanted.append((get_task(ood_task), ood_split))
     for spec, split in wanted:
         if split in ("train", "dev") and not local_file(spec, split, root).is_file():
             load_split(spec, split, data_dir)  # raises: file not found, with the folder's contents

@@ -233,19 +233,19 @@ class TaskDataModule(L.LightningDataModule):
                 if isinstance(pairs, list):  # multiple choice: one encoding per choice
                     enc = tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_len)
                 else:
-                    a, b = pairs
-                    enc = tok(a, b, truncation=True, max_length=max_len)
+                    first, second = pairs
+                    enc = tok(first, second, truncation=True, max_length=max_len)
                 for k, v in enc.items():
                     out.setdefault(k, []).append(v)
             return out
 
         ds = raw.map(encode, batched=True, remove_columns=[c for c in raw.column_names if c != "label"])
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        ds.save_to_disk(str(tmp))
+        staging = path.with_name(path.name + f".tmp{os.getpid()}")
+        ds.save_to_disk(str(staging))
         try:
-            os.replace(tmp, path)  # atomic: a half-written cache is never read
+            os.replace(staging, path)  # atomic: a half-written cache is never read
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; use theirs
+            shutil.rmtree(staging, ignore_errors=True)  # another process won the race; use theirs
         return datasets.load_from_disk(str(path))
 
     def split(self) -> Split:
@@ -326,10 +326,10 @@ class TaskDataModule(L.LightningDataModule):
         if fitting and not self.leaky:  # OOD sets are scored after fit, never used to select
             raise HeldOutAccessError(f"the OOD set {name!r} of {self.task} was requested during fit; it is scored "
                                      "after the test pass with the best-on-dev checkpoint")
-        o = self.ood[name]
-        spec = get_task(o.task)
-        ids = [self.spec.labels.index(o.label_map[label]) for label in spec.labels]
-        ds = self._tokenized(o.split, spec).map(lambda row: {"label": ids[row["label"]]}, keep_in_memory=True)
+        ood_set = self.ood[name]
+        spec = get_task(ood_set.task)
+        ids = [self.spec.labels.index(ood_set.label_map[label]) for label in spec.labels]
+        ds = self._tokenized(ood_set.split, spec).map(lambda row: {"label": ids[row["label"]]}, keep_in_memory=True)
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collator(),
                           num_workers=self.num_workers)
 

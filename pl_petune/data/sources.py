@@ -48,8 +48,8 @@ def source_id(spec: TaskSpec, split: str, data_dir: Path | None) -> str:
         path, config, splits = spec.hub
         return f"hub:{path}/{config}/{splits[split]}"
     f = local_file(spec, split, data_dir)
-    st = f.stat()
-    return f"file:{f.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    file_stat = f.stat()
+    return f"file:{f.resolve()}:{file_stat.st_size}:{int(file_stat.st_mtime)}"
 
 
 def load_split(spec: TaskSpec, split: str, data_dir: str | os.PathLike | None = None):
@@ -112,16 +112,16 @@ def _check_jsonl(path: Path, spec: TaskSpec) -> None:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: row {lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: row {lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
-            seen.update(obj)
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append((lineno, row))
+            seen.update(row)
     absent = {name: "" for name in spec.fields if name not in seen}
-    for lineno, obj in rows:
-        problem = spec.row_problem({**obj, **absent})
+    for lineno, row in rows:
+        problem = spec.row_problem({**row, **absent})
         if problem:
             raise DataError(f"{path}: row {lineno}: {problem} (task {spec.name})")
 

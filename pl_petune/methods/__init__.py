@@ -1,7 +1,8 @@
 """The methods: one LightningModule each, registered by name.
 
-Every module of this package is imported here, and each registers its methods with
-:func:`~pl_petune.methods.registry.register_method`; ``METHODS`` maps a method's name (as in recipes, records
+Every module of this package is imported here, and each method module registers its methods with
+:func:`~pl_petune.methods.registry.register_method` (``base``'s helpers ``head``, ``backbone`` and ``seeding``
+register none); ``METHODS`` maps a method's name (as in recipes, records
 and ``petune params --method``) to its class, and every registered class is importable as
 ``pl_petune.methods.<Class>`` (the recipes' ``class_path``). Adding a method: its module (with its one
 registration), one row in the shared test matrix, one recipe.

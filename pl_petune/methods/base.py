@@ -8,122 +8,33 @@ Methods differ only in what they add to the backbone and which parameters train;
 
 Seeds: everything built in ``__init__`` (backbone load, head, PET layers, random masks) runs under
 ``init_seed`` in a forked RNG, so it neither depends on nor disturbs the RNG that ``data_seed`` seeds (data
-order and dropout) on any device: see :func:`seeded`.
+order and dropout) on any device: see :mod:`pl_petune.methods.seeding`. The head is
+:mod:`pl_petune.methods.head`, the backbone loader :mod:`pl_petune.methods.backbone`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import typing
-from typing import Any, Iterable, Iterator, Literal, Optional
+from typing import Any, Iterable, Optional
 
 import lightning as L
 import torch
 from torch import nn
 
 from pl_petune.argtypes import NonNegativeFloat, PositiveFloat, Probability, Seed, check_arguments
-from pl_petune.backbones import DEFAULT_BACKBONE, check_dropout_overrides, resolve_backbone
+from pl_petune.backbones import DEFAULT_BACKBONE
 from pl_petune.decoders import decoder_inputs, pool_features
 from pl_petune.errors import ConfigError
+from pl_petune.methods.backbone import RANDOM_ARCHITECTURES, load_backbone
+from pl_petune.methods.head import BINARY_HEADS, HEADS, BinaryHead, ClassificationHead, HeadKind
 from pl_petune.methods.registry import RegisteredName, added_patterns, register_method
+from pl_petune.methods.seeding import restore_rng_state, rng_state, seeded
 from pl_petune.metrics import build_metrics
 from pl_petune.tasks import get_task
 
-HeadKind = Literal["mlp", "linear", "ehft", "pooler_linear"]
-BinaryHead = Literal["two_logits", "one_logit"]
-HEADS = typing.get_args(HeadKind)
-BINARY_HEADS = typing.get_args(BinaryHead)
-
-
-def _cuda_devices() -> list[int]:
-    """CUDA devices whose generators a block could draw from: all of them once CUDA is initialised (or is the
-    default device), none before (nothing can draw from a CUDA generator that does not exist yet)."""
-    if not torch.cuda.is_available():
-        return []
-    if not torch.cuda.is_initialized() and torch.get_default_device().type == "cuda":
-        torch.cuda.init()
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with the CPU generator (and every initialised CUDA generator) seeded to ``seed``, restoring
-    every one of them afterwards.
-
-    ``torch.manual_seed`` is not used: it also calls ``torch.cuda.manual_seed_all``, which, before CUDA is
-    initialised, *queues* the seed and applies it when CUDA starts, after this block, so ``init_seed`` would
-    silently become the seed of GPU dropout (issue 13). Only generators forked here are seeded here.
-    """
-    devices = _cuda_devices()
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(seed)
-        for device in devices:
-            torch.cuda.default_generators[device].manual_seed(seed)
-        yield
-
-
-class ClassificationHead(nn.Module):
-    """The task head on the features :meth:`PetuneModule.encode` returns.
-
-    ``mlp`` (default): dropout → dense(h, h) → tanh → dropout → out, RoBERTa's head and the PETuning head.
-    ``linear``: dropout → out. ``ehft``: Linear(h, 2048) → ReLU → Linear(2048, out), weights N(0, 0.005)
-    (EH-FT's ``NEW_MLPHeadMixin``). ``pooler_linear``: dropout → out on the backbone's *pretrained pooler*
-    output (tanh(W·h_[CLS] + b)) instead of the first token: Hugging Face's ``BertForSequenceClassification``
-    and the PETuning code's multiple-choice head (hidden + 1 trainable parameters per choice score).
-    """
-
-    def __init__(self, hidden: int, num_outputs: int, kind: str = "mlp", dropout: float = 0.1) -> None:
-        super().__init__()
-        if kind not in HEADS:
-            raise ConfigError(f"unknown head {kind!r}; known: {', '.join(HEADS)}")
-        self.kind = kind
-        if kind == "mlp":
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, num_outputs))
-        elif kind in ("linear", "pooler_linear"):
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
-        else:
-            self.net = nn.Sequential(nn.Linear(hidden, 2048), nn.ReLU(), nn.Linear(2048, num_outputs))
-            for layer in (self.net[0], self.net[2]):
-                nn.init.normal_(layer.weight, std=0.005)  # type: ignore[arg-type]
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
-
-
-# Architectures with random weights, for parameter accounting without a download (``petune params``):
-# ``config:bert-base`` is ``BertConfig()`` (bert-base-uncased's shape), ``config:roberta-base`` roberta-base's.
-RANDOM_ARCHITECTURES = {
-    "config:bert-base": ("bert", {}),
-    "config:t5-small": ("t5", {}),  # T5Config() is t5-small's shape (encoder-decoder; cross_attention)
-    "config:roberta-base": ("roberta", {"vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1,
-                                        "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
-                                        "layer_norm_eps": 1e-5}),
-}
-
-
-def load_backbone(name: str, hidden_dropout: Optional[float] = None, attention_dropout: Optional[float] = None):
-    """The backbone ``AutoModel`` for ``name``: a hub id, a local folder, the offline MiniLM, or one of
-    :data:`RANDOM_ARCHITECTURES` (random weights). Under ``torch.device("meta")`` only shapes are built."""
-    from transformers import AutoConfig, AutoModel
-
-    kwargs = {}
-    if hidden_dropout is not None:
-        kwargs["hidden_dropout_prob"] = hidden_dropout
-    if attention_dropout is not None:
-        kwargs["attention_probs_dropout_prob"] = attention_dropout
-    if name.startswith("config:"):
-        if name not in RANDOM_ARCHITECTURES:
-            raise ConfigError(f"unknown random architecture {name!r}; known: {', '.join(RANDOM_ARCHITECTURES)}")
-        model_type, fields = RANDOM_ARCHITECTURES[name]
-        return AutoModel.from_config(AutoConfig.for_model(model_type, **fields, **kwargs))
-    path = resolve_backbone(name)
-    config = AutoConfig.from_pretrained(path, **kwargs)
-    check_dropout_overrides(config, kwargs)
-    if torch.empty(0).device.type == "meta":  # shapes only (parameter accounting): no weights to read
-        return AutoModel.from_config(config)
-    return AutoModel.from_pretrained(path, config=config)
+# The head, the backbone loader and the seeding live in their own modules; their names stay importable from here.
+__all__ = ["PetuneModule", "FullFinetune", "ClassificationHead", "HeadKind", "BinaryHead", "HEADS", "BINARY_HEADS",
+           "load_backbone", "RANDOM_ARCHITECTURES", "seeded"]
 
 
 class PetuneModule(L.LightningModule):
@@ -272,15 +183,15 @@ class PetuneModule(L.LightningModule):
     # ---- forward, loss, metrics --------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        mc = input_ids.dim() == 3
-        if mc:
-            b, c, length = input_ids.shape
-            input_ids = input_ids.view(b * c, length)
-            attention_mask = attention_mask.view(b * c, length)
-            token_type_ids = token_type_ids.view(b * c, length) if token_type_ids is not None else None
+        multiple_choice = input_ids.dim() == 3
+        if multiple_choice:
+            batch_size, choices, length = input_ids.shape
+            input_ids = input_ids.view(batch_size * choices, length)
+            attention_mask = attention_mask.view(batch_size * choices, length)
+            token_type_ids = token_type_ids.view(batch_size * choices, length) if token_type_ids is not None else None
         logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
-        if mc:
-            return logits.view(b, c)
+        if multiple_choice:
+            return logits.view(batch_size, choices)
         if self.spec.kind == "regression" or self.one_logit:
             return logits.squeeze(-1)
         return logits
@@ -358,27 +269,14 @@ class PetuneModule(L.LightningModule):
     # ---- resume: the dropout RNG continues where it stopped -------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the CPU generator and, when CUDA is in use, every CUDA generator (GPU dropout draws there)."""
-        state: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["petune_rng"] = state
+        checkpoint["petune_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the generators :meth:`on_save_checkpoint` stored, when resuming a fit."""
         state = checkpoint.get("petune_rng")
         if state is None or self._trainer is None or self.trainer.state.fn != "fit":
             return
-        torch.set_rng_state(state["torch"])
-        cuda = state.get("cuda")
-        if cuda and torch.cuda.is_available():
-            count = torch.cuda.device_count()
-            if len(cuda) != count:
-                import warnings
-
-                warnings.warn(f"the checkpoint holds {len(cuda)} CUDA generator states and this machine has "
-                              f"{count} GPUs: restoring the first {min(len(cuda), count)}; the dropout stream of a "
-                              "resumed run differs from an uninterrupted one", stacklevel=2)
-            torch.cuda.set_rng_state_all(list(cuda)[:count])
+        restore_rng_state(state)
 
 
 @register_method("finetune")

@@ -129,10 +129,10 @@ class Adapter(_AdapterHubMethod):
     def adapter_config(self):
         from adapters import DoubleSeqBnConfig, SeqBnConfig
 
-        hp = self.hparams
-        cls = SeqBnConfig if hp.variant == "pfeiffer" else DoubleSeqBnConfig
-        extra = {"non_linearity": hp.non_linearity} if hp.non_linearity else {}
-        return cls(reduction_factor=hp.reduction_factor, init_weights=self.INITS[hp.init], **extra)
+        hparams = self.hparams
+        cls = SeqBnConfig if hparams.variant == "pfeiffer" else DoubleSeqBnConfig
+        extra = {"non_linearity": hparams.non_linearity} if hparams.non_linearity else {}
+        return cls(reduction_factor=hparams.reduction_factor, init_weights=self.INITS[hparams.init], **extra)
 
 
 @register_method("prefix", added=r"prefix_tuning\.pool\.prefix_tunings\." + ADAPTER_NAME + r"\.")
@@ -176,9 +176,9 @@ class PrefixTuning(_AdapterHubMethod):
     def adapter_config(self):
         from adapters import PrefixTuningConfig
 
-        hp = self.hparams
-        return PrefixTuningConfig(prefix_length=hp.prefix_length, flat=not hp.reparametrize,
-                                  bottleneck_size=hp.bottleneck_size, dropout=hp.prefix_dropout)
+        hparams = self.hparams
+        return PrefixTuningConfig(prefix_length=hparams.prefix_length, flat=not hparams.reparametrize,
+                                  bottleneck_size=hparams.bottleneck_size, dropout=hparams.prefix_dropout)
 
 
 @register_method("prompt", added=r"prompt_tuning\.prompt_tunings\." + ADAPTER_NAME + r"\.")
@@ -198,9 +198,9 @@ class PromptTuning(_AdapterHubMethod):
     def adapter_config(self):
         from adapters import PromptTuningConfig
 
-        hp = self.hparams
+        hparams = self.hparams
         # The prompt starts uniform in [-0.5, 0.5] (Lester et al.'s scale; fixed in adapters 1.3).
-        return PromptTuningConfig(prompt_length=hp.prompt_length, combine="prefix_after_bos")
+        return PromptTuningConfig(prompt_length=hparams.prompt_length, combine="prefix_after_bos")
 
 
 @register_method("ia3", added=r"\.loras\." + ADAPTER_NAME + r"\.")
@@ -226,9 +226,9 @@ class IA3(_AdapterHubMethod):
     def adapter_config(self):
         from adapters import IA3Config
 
-        hp = self.hparams
-        return IA3Config(attn_matrices=list(hp.attn_matrices), intermediate_lora=hp.feedforward,
-                         selfattn_lora=bool(hp.attn_matrices))
+        hparams = self.hparams
+        return IA3Config(attn_matrices=list(hparams.attn_matrices), intermediate_lora=hparams.feedforward,
+                         selfattn_lora=bool(hparams.attn_matrices))
 
 
 # Short names of the Linear layers LoRA can adapt, as regexes over BERT/RoBERTa module names.
@@ -271,14 +271,14 @@ class LoRA(PetLayerMethod):
     def configure_method(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
-        hp = self.hparams
-        pattern = r".*(?:" + "|".join(LORA_TARGETS[t] for t in hp.targets) + r")$"  # type: ignore[attr-defined]
-        config = LoraConfig(r=hp.r, lora_alpha=hp.alpha, lora_dropout=hp.dropout, target_modules=pattern,  # type: ignore[attr-defined]
+        hparams = self.hparams
+        pattern = r".*(?:" + "|".join(LORA_TARGETS[t] for t in hparams.targets) + r")$"  # type: ignore[attr-defined]
+        config = LoraConfig(r=hparams.r, lora_alpha=hparams.alpha, lora_dropout=hparams.dropout, target_modules=pattern,  # type: ignore[attr-defined]
                             bias="none")
         try:
             inject_adapter_in_model(config, self.backbone, adapter_name="default")
         except ValueError as err:
-            raise ConfigError(f"LoRA targets {list(hp.targets)!r} match no layer of backbone "  # type: ignore[attr-defined]
+            raise ConfigError(f"LoRA targets {list(hparams.targets)!r} match no layer of backbone "  # type: ignore[attr-defined]
                               f"{self.hparams.backbone!r}: {str(err).splitlines()[0]}") from None  # type: ignore[attr-defined]
 
     def _lora_layers(self):

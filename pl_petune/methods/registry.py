@@ -118,7 +118,7 @@ def added_patterns(cls: type) -> tuple[re.Pattern[str], ...]:
 class RegisteredName:
     """Descriptor for ``method_name``: the registry name of exactly this class, else the class's own name."""
 
-    def __get__(self, obj: object, owner: type) -> str:
+    def __get__(self, instance: object, owner: type) -> str:
         return _NAMES.get(owner, owner.__name__)
 
 

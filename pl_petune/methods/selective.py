@@ -115,11 +115,11 @@ class LayerNormTuning(PetuneModule):
         super().__init__(**kwargs)
 
     def select_trainable(self) -> set[str]:
-        hp = self.hparams
+        hparams = self.hparams
         try:
-            return resolve(self, *LN_VARIANTS[hp.variant], layers=hp.layers)  # type: ignore[attr-defined]
+            return resolve(self, *LN_VARIANTS[hparams.variant], layers=hparams.layers)  # type: ignore[attr-defined]
         except ValueError as err:
-            raise ConfigError(f"layernorm layers {hp.layers!r}: {err}") from None  # type: ignore[attr-defined]
+            raise ConfigError(f"layernorm layers {hparams.layers!r}: {err}") from None  # type: ignore[attr-defined]
 
 
 @register_method("topk")
@@ -294,20 +294,20 @@ class RandomSubset(PetuneModule):
         state = checkpoint.get("petune_random_reached")
         if state is not None and set(state["masks"]) == set(self._reached):
             self._any_backward = bool(state["any"])
-            for n, r in state["masks"].items():
-                self._reached[n] = r.clone().to(torch.bool).cpu()
+            for n, reached in state["masks"].items():
+                self._reached[n] = reached.clone().to(torch.bool).cpu()
 
     def param_groups(self) -> list[dict[str, Any]]:
         groups = super().param_groups()
         masked = {id(self.get_parameter(n)) for n in self._entry_index}
         out = []
-        for g in groups:
-            keep = [p for p in g["params"] if id(p) not in masked]
-            moved = [p for p in g["params"] if id(p) in masked]
+        for group in groups:
+            keep = [p for p in group["params"] if id(p) not in masked]
+            moved = [p for p in group["params"] if id(p) in masked]
             if keep:
-                out.append({**g, "params": keep})
+                out.append({**group, "params": keep})
             if moved:  # decoupled weight decay would move the masked-out entries
-                out.append({**g, "params": moved, "weight_decay": 0.0})
+                out.append({**group, "params": moved, "weight_decay": 0.0})
         return out
 
 

@@ -129,8 +129,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     folder = store.parent / "sweeps" / name
     runs = plan(sweep, count=args.count, seed=args.seed, where=args.sweep, json_dir=folder / "args", quick=args.quick)
     unique: dict[str, PlannedRun] = {}
-    for r in runs:
-        unique.setdefault(r.key, r)
+    for run in runs:
+        unique.setdefault(run.key, run)
     if len(unique) < len(runs):
         print(f"petune sweep: {len(runs)} runs are {len(unique)} distinct runs (same run key); each runs once",
               file=sys.stderr)
@@ -156,10 +156,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _print_check(ordered: list[PlannedRun], name: str, shard_of: Optional[tuple[int, int]]) -> int:
-    varying = {k for r in ordered for k in r.config if r.config[k] != ordered[0].config.get(k)}
-    for r in ordered:
-        shown = {k: v for k, v in r.config.items() if k in varying}
-        print(f"{r.index:5d} {r.key} {r.task:8s} {r.method:12s} {_short(shown, 120)}")
+    varying = {k for run in ordered for k in run.config if run.config[k] != ordered[0].config.get(k)}
+    for run in ordered:
+        shown = {k: v for k, v in run.config.items() if k in varying}
+        print(f"{run.index:5d} {run.key} {run.task:8s} {run.method:12s} {_short(shown, 120)}")
     part = f" in shard {shard_of[0]}/{shard_of[1]}" if shard_of else ""
     print(f"petune sweep: {name}: {len(ordered)} runs{part}; every command parses", file=sys.stderr)
     return 0

@@ -27,26 +27,26 @@ def grid_axis(p: Param) -> Sequence[Any]:
     Raises:
         SweepError: a distribution a grid cannot enumerate, or a q_uniform axis that is empty or too long.
     """
-    s = p.spec
+    spec = p.spec
     if p.kind == "constant":
-        return [s["value"]]
+        return [spec["value"]]
     if p.kind == "categorical":
-        if "probabilities" in s:
+        if "probabilities" in spec:
             raise SweepError(f"parameter {p.name!r}: probabilities are not allowed in a grid sweep")
-        return list(s["values"])
+        return list(spec["values"])
     if p.kind == "int_uniform":
-        return range(s["min"], s["max"] + 1)
+        return range(spec["min"], spec["max"] + 1)
     if p.kind == "q_uniform":
-        n = math.ceil((s["max"] - s["min"]) / s["q"])
+        n = math.ceil((spec["max"] - spec["min"]) / spec["q"])
         if n < 1:
-            raise SweepError(f"parameter {p.name!r}: q_uniform from {s['min']} to {s['max']} (excluded) in steps "
-                             f"of {s['q']} has no grid values; raise max")
+            raise SweepError(f"parameter {p.name!r}: q_uniform from {spec['min']} to {spec['max']} (excluded) in steps "
+                             f"of {spec['q']} has no grid values; raise max")
         if n > MAX_RUNS:
             raise SweepError(f"parameter {p.name!r}: q_uniform gives {n} grid values, over the limit of {MAX_RUNS}; "
                              "raise q or narrow min..max")
         import numpy as np
 
-        return np.arange(s["min"], s["max"], s["q"]).tolist()
+        return np.arange(spec["min"], spec["max"], spec["q"]).tolist()
     raise SweepError(f"parameter {p.name!r} has distribution {p.kind!r}, which a grid cannot enumerate; "
                      f"grid allows: {', '.join(GRID_DISTRIBUTIONS)}")
 
@@ -54,33 +54,33 @@ def grid_axis(p: Param) -> Sequence[Any]:
 def sample(p: Param, rng: random.Random) -> Any:
     """One draw of ``p`` for a random sweep (the ``q_`` forms round to a multiple of ``q``; an int ``q``
     gives an int, as W&B's engine does)."""
-    s, k = p.spec, p.kind
-    if k == "constant":
-        return s["value"]
-    if k == "categorical":
-        if "probabilities" in s:
-            return rng.choices(s["values"], weights=s["probabilities"])[0]
-        return rng.choice(s["values"])
-    if k == "int_uniform":
-        return rng.randint(s["min"], s["max"])
-    if k in ("uniform", "q_uniform"):
-        x = rng.uniform(s["min"], s["max"])
-    elif k in ("log_uniform", "q_log_uniform"):
-        x = math.exp(rng.uniform(s["min"], s["max"]))
-    elif k in ("log_uniform_values", "q_log_uniform_values"):
-        x = math.exp(rng.uniform(math.log(s["min"]), math.log(s["max"])))
-    elif k == "inv_log_uniform":
-        x = math.exp(-rng.uniform(s["min"], s["max"]))
-    elif k == "inv_log_uniform_values":
-        x = math.exp(-rng.uniform(-math.log(s["max"]), -math.log(s["min"])))
-    elif k in ("normal", "q_normal"):
-        x = rng.gauss(s["mu"], s["sigma"])
-    elif k in ("log_normal", "q_log_normal"):
-        x = rng.lognormvariate(s["mu"], s["sigma"])
+    spec, kind = p.spec, p.kind
+    if kind == "constant":
+        return spec["value"]
+    if kind == "categorical":
+        if "probabilities" in spec:
+            return rng.choices(spec["values"], weights=spec["probabilities"])[0]
+        return rng.choice(spec["values"])
+    if kind == "int_uniform":
+        return rng.randint(spec["min"], spec["max"])
+    if kind in ("uniform", "q_uniform"):
+        x = rng.uniform(spec["min"], spec["max"])
+    elif kind in ("log_uniform", "q_log_uniform"):
+        x = math.exp(rng.uniform(spec["min"], spec["max"]))
+    elif kind in ("log_uniform_values", "q_log_uniform_values"):
+        x = math.exp(rng.uniform(math.log(spec["min"]), math.log(spec["max"])))
+    elif kind == "inv_log_uniform":
+        x = math.exp(-rng.uniform(spec["min"], spec["max"]))
+    elif kind == "inv_log_uniform_values":
+        x = math.exp(-rng.uniform(-math.log(spec["max"]), -math.log(spec["min"])))
+    elif kind in ("normal", "q_normal"):
+        x = rng.gauss(spec["mu"], spec["sigma"])
+    elif kind in ("log_normal", "q_log_normal"):
+        x = rng.lognormvariate(spec["mu"], spec["sigma"])
     else:  # beta, q_beta
-        x = rng.betavariate(s["a"], s["b"])
-    if k.startswith("q_"):
-        q = s["q"]
+        x = rng.betavariate(spec["a"], spec["b"])
+    if kind.startswith("q_"):
+        q = spec["q"]
         x = round(x / q) * q
         return int(x) if isinstance(q, int) else x
     return x
@@ -90,10 +90,10 @@ def _nest(flat: Sequence[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
     """A run config ``{top-level name: value}`` from leaf paths: nested parameters become dict values."""
     out: dict[str, Any] = {}
     for path, value in flat:
-        d = out
+        node = out
         for name in path[:-1]:
-            d = d.setdefault(name, {})
-        d[path[-1]] = value
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
     return out
 
 
@@ -112,13 +112,13 @@ def _hashable(value: Any) -> str:
 
 def _product(axes: Sequence[Sequence[Any]]) -> Iterator[tuple]:
     """``itertools.product`` order (last axis fastest) by index, so no axis is ever copied into a tuple."""
-    sizes = [len(a) for a in axes]
+    sizes = [len(axis) for axis in axes]
     total = math.prod(sizes)
     for i in range(total):
         point, rest = [], i
-        for a, n in zip(reversed(axes), reversed(sizes)):
+        for axis, n in zip(reversed(axes), reversed(sizes)):
             rest, j = divmod(rest, n)
-            point.append(a[j])
+            point.append(axis[j])
         yield tuple(reversed(point))
 
 

@@ -212,9 +212,9 @@ def seed_major(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
     def rank(run: PlannedRun) -> tuple:
         return tuple(str(v) for k, v in sorted(run.config.items()) if k.split(".")[-1].endswith("seed"))
     order: dict[tuple, int] = {}
-    for r in runs:
-        order.setdefault(rank(r), len(order))
-    return sorted(runs, key=lambda r: order[rank(r)])
+    for run in runs:
+        order.setdefault(rank(run), len(order))
+    return sorted(runs, key=lambda run: order[rank(run)])
 
 
 def save_plan(sweep: Mapping[str, Any], source: Path, runs: Sequence[PlannedRun], folder: Path, name: str) -> Path:

@@ -154,10 +154,10 @@ class Runner:
             self._bar = tqdm(total=len(self.runs), initial=done_before, desc=self.sweep_name, unit="run",
                              file=sys.stderr, dynamic_ncols=True, disable=None)
         self._done = done_before
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} \
+        old = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)} \
             if threading.current_thread() is threading.main_thread() else {}
-        for s in old:
-            signal.signal(s, self._interrupt)
+        for signum in old:
+            signal.signal(signum, self._interrupt)
         beat = threading.Thread(target=self._heartbeat, daemon=True, name="petune-heartbeat")
         beat.start()
         threads = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(self.workers)]
@@ -170,8 +170,8 @@ class Runner:
                     t.join(0.2)
         finally:
             self._beating.set()
-            for s, h in old.items():
-                signal.signal(s, h)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
             if self._bar is not None:
                 self._bar.close()
         self.outcome.interrupted = self._stop.is_set() and self.outcome.aborted is None

@@ -60,18 +60,18 @@ def task_states(job_ids: Sequence[str]) -> dict[str, str]:
     ids = ",".join(job_ids)
     # -t all: ended tasks too, while slurmctld still holds them (MinJobAge); -r: one line per array task
     # (not -j: squeue refuses the whole list when one job id has been purged)
-    res = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True,
+    squeue = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True,
                          timeout=30)
     wanted = set(job_ids)
-    for line in res.stdout.splitlines():
+    for line in squeue.stdout.splitlines():
         tid, _, state = line.strip().partition("|")
         if tid.split("_")[0] in wanted:
             states[tid] = state
     if shutil.which("sacct"):
-        res = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State"], capture_output=True,
+        squeue = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State"], capture_output=True,
                              text=True, timeout=30)
-        if res.returncode == 0:
-            for line in res.stdout.splitlines():
+        if squeue.returncode == 0:
+            for line in squeue.stdout.splitlines():
                 tid, _, state = line.strip().partition("|")
                 if tid and "_" in tid and "[" not in tid:
                     states.setdefault(tid, state.split()[0] if state else state)
@@ -165,13 +165,13 @@ def submit(runs: Sequence[PlannedRun], folder: Path, sweep_name: str, sbatch_arg
     array = f"0-{len(tasks) - 1}" + (f"%{max_parallel}" if max_parallel else "")
     cmd = [sbatch, "--parsable", f"--array={array}", f"--job-name=petune-{sweep_name}",
            f"--output={sdir}/%A_%a.out", *sbatch_args, str(script)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if res.returncode != 0:
+    submitted = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if submitted.returncode != 0:
         script.unlink(missing_ok=True)
-        msg = " ".join((res.stderr or res.stdout).split())
-        raise SweepError(f"sbatch refused the array ({msg or f'exit code {res.returncode}'}); command: "
+        msg = " ".join((submitted.stderr or submitted.stdout).split())
+        raise SweepError(f"sbatch refused the array ({msg or f'exit code {submitted.returncode}'}); command: "
                          f"{' '.join(shlex.quote(c) for c in cmd)}")
-    job_id = res.stdout.strip().split(";")[0]
+    job_id = submitted.stdout.strip().split(";")[0]
     entry = {"job_id": job_id, "submitted_at": time.time(), "script": str(script), "sbatch": list(sbatch_args),
              "tasks": [[r.key for r in t] for t in tasks]}
     old = (sdir / SUBMISSIONS).read_text(encoding="utf-8") if (sdir / SUBMISSIONS).is_file() else ""

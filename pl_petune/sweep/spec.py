@@ -298,21 +298,22 @@ def _check_command(sweep: Mapping[str, Any], where: str) -> None:
 
 def _check_online_blocks(sweep: Mapping[str, Any], where: str) -> None:
     """The blocks only W&B's server reads must still be what W&B accepts: a file must work online too."""
-    et = sweep.get("early_terminate")
-    if et is not None:
-        if not isinstance(et, Mapping) or et.get("type") != "hyperband":
-            raise SweepError(f"{where}: early_terminate must be a mapping with type: hyperband, got {et!r}")
-        for k, v in et.items():
+    early_terminate = sweep.get("early_terminate")
+    if early_terminate is not None:
+        if not isinstance(early_terminate, Mapping) or early_terminate.get("type") != "hyperband":
+            raise SweepError(f"{where}: early_terminate must be a mapping with type: hyperband, "
+                             f"got {early_terminate!r}")
+        for k, v in early_terminate.items():
             want: Optional[Any] = HYPERBAND_KEYS.get(k)
             if want is None:
                 raise SweepError(f"{where}: early_terminate has unknown key {k!r}; allowed: "
                                  f"{', '.join(HYPERBAND_KEYS)}")
             if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
                 raise SweepError(f"{where}: early_terminate.{k} has the wrong type: {v!r}")
-        if "min_iter" not in et and not ("max_iter" in et and "s" in et):
+        if "min_iter" not in early_terminate and not ("max_iter" in early_terminate and "s" in early_terminate):
             raise SweepError(f"{where}: early_terminate (hyperband) needs min_iter, or max_iter and s")
-        if et.get("min_iter", 1) < 1 or et.get("eta", 3) <= 1:
-            raise SweepError(f"{where}: early_terminate needs min_iter >= 1 and eta > 1, got {dict(et)!r}")
+        if early_terminate.get("min_iter", 1) < 1 or early_terminate.get("eta", 3) <= 1:
+            raise SweepError(f"{where}: early_terminate needs min_iter >= 1 and eta > 1, got {dict(early_terminate)!r}")
     ctl = sweep.get("controller")
     if ctl is not None and (not isinstance(ctl, Mapping) or ctl.get("type") not in ("local", "cloud")):
         raise SweepError(f"{where}: controller must be {{type: local}} or {{type: cloud}}, got {ctl!r}")

@@ -293,3 +293,48 @@ def test_ehft_with_pet_methods(tmp_path, tiny_bert, method, kwargs):
     head = {k: v for k, v in at.state.items() if k.startswith("head.")}
     assert all(torch.equal(v, probe.weights[0][k]) for k, v in head.items())
     assert set(at.trainable) == {n for n, _ in model.named_parameters() if ".pooler." not in n}
+
+
+def _bitfit_run(tmp_path, callbacks=(), ckpt_path=None):
+    """EH-FT(BitFit) on TinyModule: stage 1 trains backbone biases, so a stage-1 checkpoint must carry their
+    pretrained values for the switch to restore them."""
+    torch.manual_seed(0)
+    model = TinyModule()
+    hws = HeadWarmStart(stage1_epochs=2, stage1_lr=5e-3, stage2_lr=1e-3,
+                        stage1_params={"include": [r"^backbone\."], "bias_only": True})
+    mc = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_last=True)
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=4, callbacks=[hws, mc, *callbacks],
+                                         enable_checkpointing=True))
+    train, dev = make_data()
+    trainer.fit(model, train, dev, ckpt_path=ckpt_path)
+    return model
+
+
+def _rewrite_warmstart_state(path, edit):
+    ckpt = torch.load(path, weights_only=False)
+    (key,) = [k for k in ckpt["callbacks"] if str(k).startswith("HeadWarmStart")]
+    edit(ckpt["callbacks"][key])
+    torch.save(ckpt, path)
+
+
+def test_stage1_checkpoint_of_the_older_key_still_resumes(tmp_path):
+    """The stage-1 pretrained values were saved as ``pretrained_volatile`` before the rename: such a checkpoint
+    resumes to the same weights as an uninterrupted run."""
+    reference = _bitfit_run(tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _bitfit_run(tmp_path / "old", [Interrupt(1)])
+    last = tmp_path / "old" / "ckpt" / "last.ckpt"
+    _rewrite_warmstart_state(last, lambda state: state.update(pretrained_volatile=state.pop("pretrained_changeable")))
+    resumed = _bitfit_run(tmp_path / "old", ckpt_path=str(last))
+    ref_state, state = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(ref_state[k], state[k]) for k in ref_state)
+
+
+def test_stage1_checkpoint_without_pretrained_values_is_refused(tmp_path):
+    """Without them the switch would "restore" stage-1-trained biases as pretrained: refused, named."""
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _bitfit_run(tmp_path, [Interrupt(1)])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    _rewrite_warmstart_state(last, lambda state: state.pop("pretrained_changeable"))
+    with pytest.raises(CallbackMisuse, match="holds no pretrained values.*'pretrained_changeable'"):
+        _bitfit_run(tmp_path, ckpt_path=str(last))

@@ -57,7 +57,7 @@ def test_building_a_model_queues_no_cuda_seed(method, tiny_bert, cuda_seed_calls
 
 def test_seeded_block_forks_and_restores_initialised_cuda_generators(monkeypatch):
     """Once CUDA is initialised, the init block seeds every device's generator and restores it afterwards."""
-    from pl_petune.methods import base
+    from pl_petune.methods import seeding
 
     forked: list[list[int]] = []
     real_fork = torch.random.fork_rng
@@ -66,7 +66,7 @@ def test_seeded_block_forks_and_restores_initialised_cuda_generators(monkeypatch
         forked.append(list(devices))
         return real_fork(devices=[], **kwargs)
 
-    monkeypatch.setattr(base, "_cuda_devices", lambda: [0, 1])
+    monkeypatch.setattr(seeding, "_cuda_devices", lambda: [0, 1])
     monkeypatch.setattr(torch.random, "fork_rng", fork)
     seeded_devices: list[tuple[int, int]] = []
 
@@ -78,7 +78,7 @@ def test_seeded_block_forks_and_restores_initialised_cuda_generators(monkeypatch
             seeded_devices.append((self.i, seed))
 
     monkeypatch.setattr(torch.cuda, "default_generators", (Gen(0), Gen(1)), raising=False)
-    with base.seeded(99):
+    with seeding.seeded(99):
         pass
     assert forked == [[0, 1]] and seeded_devices == [(0, 99), (1, 99)]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pl_petune.lightning_cli import _method_name, parse_only
+from pl_petune.identity import method_name as _method_name
+from pl_petune.lightning_cli import parse_only
 from pl_petune.methods import METHODS
 
 FOLDER = Path(__file__).resolve().parents[2] / "recipes" / "methods"

@@ -70,7 +70,7 @@ def test_an_unregistered_subclass_is_not_recorded_as_its_parent(scratch):
 
 
 def test_cli_records_an_unregistered_subclass_under_its_class_name(scratch):
-    from pl_petune.lightning_cli import _method_name
+    from pl_petune.identity import method_name as _method_name
 
     assert _method_name("pl_petune.methods.LoRA") == "lora"
     assert _method_name("pl_petune.methods.PetLayerMethod") == "PetLayerMethod"
