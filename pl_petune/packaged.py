@@ -135,6 +135,32 @@ def config_args(name: str) -> list[str]:
     return ["--config", path]
 
 
+def _merge(under: dict, over: dict) -> dict:
+    out = dict(under)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def recipe_data(name: str) -> dict:
+    """A recipe's YAML as a mapping, a method file's laid over its base's (mappings merged key by key, as
+    ``--config`` after ``--config`` merges them), for readers of the file that do not run the parser
+    (``petune params --config``).
+
+    Raises:
+        ConfigError: the name resolves to no file (:func:`resolve_config`).
+        OSError, UnicodeDecodeError, yaml.YAMLError: the file (or its base) cannot be read as YAML.
+    """
+    import yaml
+
+    path = resolve_config(name)
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    layer, base = recipe_layer(path)
+    if layer == "method" and base is not None:
+        data = _merge(recipe_data(base), data)
+    return data
+
+
 def _config_values(argv: Sequence[str]) -> list[str]:
     out = []
     for i, token in enumerate(argv):
@@ -147,15 +173,13 @@ def _config_values(argv: Sequence[str]) -> list[str]:
 
 def _sets_method(value: str, argv: Sequence[str]) -> bool:
     """Whether a ``--config`` value (a whole recipe or an inline YAML string) names a model class."""
-    path = Path(value)
-    if not path.is_file():
-        return "class_path" in value or "model" in value
     import yaml
 
+    path = Path(value)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else value)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return True  # not ours to judge: the parser reports the file in its own words
+        return True  # not ours to judge: the parser reports the file or the text in its own words
     model = data.get("model") if isinstance(data, dict) else None
     if isinstance(model, dict):
         return "class_path" in model

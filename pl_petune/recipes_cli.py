@@ -64,12 +64,23 @@ def _show(names: list[str], composed: bool) -> int:
 
 
 def _copy(sources: list[tuple[Path, Path]]) -> None:
-    """Copy every (source, target), refusing before writing anything when a target exists."""
+    """Copy every (source, target), refusing before writing anything when a target exists.
+
+    A method file copied with its base names the copied base in its ``# Base recipe:`` line, so the copies
+    run (and are refused alone) as a pair.
+    """
     for _, target in sources:
         if target.exists():
             raise ConfigError(f"destination {str(target)!r} exists; remove it or give another name")
+    moved = {source.resolve(): target for source, target in sources}
     for source, target in sources:
-        atomic_write_bytes(target, source.read_bytes())
+        data = source.read_bytes()
+        layer, base = recipe_layer(source)
+        if layer == "method" and base is not None and Path(resolve_config(base)).resolve() in moved:
+            text = data.decode("utf-8")
+            data = text.replace(f"# Base recipe: {base}", f"# Base recipe: {moved[Path(resolve_config(base)).resolve()]}",
+                                1).encode("utf-8")
+        atomic_write_bytes(target, data)
 
 
 def _cp(names: list[str], dest: Path) -> int:
