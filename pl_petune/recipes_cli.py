@@ -103,6 +103,9 @@ def _cp(names: list[str], dest: Path) -> int:
     paths = _with_bases(names)
     if len(paths) == 1 and not dest.is_dir():
         pairs = [(paths[0], dest)]
+    elif not dest.is_dir() and dest.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"{', '.join(p.name for p in paths)} are {len(paths)} files (a method file comes with its "
+                          f"base); give a folder, not the file {str(dest)!r}")
     else:
         pairs = [(p, dest / p.name) for p in paths]
     if len({t for _, t in pairs}) != len(pairs):

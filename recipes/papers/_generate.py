@@ -1,7 +1,9 @@
 """Write the paper recipes (recipes/papers/) and their seed sweeps (sweeps/papers/) from the tables below.
 
-Every published cell is one self-contained recipe file: a header naming paper, table, cell, the published
-value and the exact command, then only the keys the run uses. The facts come from
+Every published cell is one cell file over its table's base recipe (``<table>/base.yaml``: every key all cells
+of the folder share, never the model class or the run's label): a header naming paper, table, cell, the
+published value, its base and the exact command (base first), then only the keys that differ from the base.
+Each sweep's command gives the base; its ``config`` parameter lists the cells. The facts come from
 shared/docs/REFERENCE.md (the reference code's settings, cited by section) and the published numbers from
 shared/papers/emnlp2022-petuning-seminar-deck.txt. Run from the repository root:
 
@@ -21,6 +23,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from pl_petune.records import atomic_write_bytes
 from pl_petune.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -887,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
                 stale.append(str(rel))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            atomic_write_bytes(path, text.encode("utf-8"))
     # Files under the generated folders that the generator no longer writes.
     for top in (RECIPES, SWEEPS):
         for path in sorted((ROOT / top).rglob("*.yaml")):

