@@ -115,11 +115,14 @@ def test_one_method_on_two_bases_changes_only_the_base_keys():
 
 
 # ---- a lone layer is refused, in one line, before anything runs ----------------------------------------------------
-def test_a_method_file_alone_is_refused_naming_its_base(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("name, base", [("methods/lora", "recipes/base/minilm_cb.yaml"),
+                                        ("decoders/qwen2_lora", "recipes/base/qwen2_cb.yaml"),
+                                        ("papers/ehft/table1/cb_lora", "recipes/papers/ehft/table1/base.yaml")])
+def test_a_method_file_alone_is_refused_naming_its_base(name, base, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", "--config", "methods/lora", "--run.out_dir", "out"]) == 2
+    assert main(["fit", "--config", name, "--run.out_dir", "out"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "recipes/base/minilm_cb.yaml" in err and "--config" in err
+    assert len(err.splitlines()) == 1 and f"give the base first: --config {base} --config" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 

@@ -114,3 +114,19 @@ def test_run_keys_come_from_identity_on_a_sample(fit_parser, in_root):
         fit = fit_parser.parse(["fit", *config_args(old)])["fit"]
         apply_protocol(fit)
         assert run_key(identity(fit)) == BEFORE["recipes"][old][1], old
+
+
+@pytest.mark.parametrize("old", ["recipes/methods/lpft.yaml", "recipes/analyses/rte_ood_ehft_lora.yaml",
+                                 "recipes/papers/ehft/table1/copa_ehft_prefix.yaml",
+                                 "recipes/papers/modulewise/table3/cola_layer05.yaml"])
+def test_the_fit_cli_parser_composes_as_the_sweep_parser(old, in_root):
+    """The sweep's reused parser and the one `petune fit` builds for its own argv (a fresh CLI each run) agree on
+    the composed config: both give the whole-file recipe's config and key."""
+    from pl_petune.identity import run_key_for
+    from pl_petune.lightning_cli import parse_only
+    from pl_petune.packaged import config_args
+
+    argv = ["fit", *config_args(old)]
+    cfg = parse_only(argv)
+    key = run_key_for(argv, config=cfg)
+    assert (snapshot.resolved_sha(cfg["fit"]), key) == tuple(BEFORE["recipes"][old])
