@@ -17,12 +17,14 @@ recipe is never edited by hand: a new setting is a new entry here, hence a new f
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from pl_petune.methods import PetuneModule
 from pl_petune.records import atomic_write_bytes
 from pl_petune.tasks import get_task
 
@@ -74,6 +76,10 @@ def _wrap(text: str, width: int = 116) -> list[str]:
                 cur = f"{cur} {w}" if cur else w
         lines.append(cur)
     return ["# " + ln if ln else "#" for ln in lines]
+
+
+# A base names no class, so jsonargparse reads its model.init_args as PetuneModule's: only those may go there.
+COMMON_ARGS = frozenset(inspect.signature(PetuneModule.__init__).parameters) - {"self"}
 
 
 def base_of(cell: Path) -> Path:
@@ -136,12 +142,13 @@ class Out:
         return path
 
     def finish(self) -> dict[Path, str]:
-        """Write each folder's base (every key with the same value in all its cells, never the model class or
-        the run's label) and each cell as only the keys that differ from it."""
+        """Write each folder's base (every key with the same value in all its cells, never the model class, a
+        method's own argument or the run's label) and each cell as only the keys that differ from it."""
         for folder, cells in self.cells.items():
             split = [_split(body) for _, _, body in cells]
             first = split[0]
             shared = [(k, v) for k, v in first.items() if k[0] != "run" and k != ("model", "class_path")
+                      and (k[:2] != ("model", "init_args") or k[2] in COMMON_ARGS)
                       and all(k in other and other[k] == v for other in split[1:])]
             keys = {k for k, _ in shared}
             base = base_of(cells[0][0])

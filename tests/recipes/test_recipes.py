@@ -188,8 +188,14 @@ def test_paper_base_holds_what_its_cells_share_and_names_no_method(base):
     and its example command runs it under one of its cells."""
     from pl_petune.records import flatten
 
+    import inspect
+
+    from pl_petune.methods import PetuneModule
+
     raw = yaml.safe_load((ROOT / base).read_text())
     assert "class_path" not in raw["model"] and "run" not in raw, base
+    # with no class named, jsonargparse reads the base's model.init_args as PetuneModule's arguments
+    assert set(raw["model"]["init_args"]) <= set(inspect.signature(PetuneModule.__init__).parameters), base
     cells = [p for p in PAPER_CELLS if p.parent == base.parent]
     assert cells and all(recipe_layer(ROOT / c)[1] == str(base) for c in cells)
     mine = set(flatten(raw))
