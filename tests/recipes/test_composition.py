@@ -292,3 +292,21 @@ def test_every_documented_fit_command_resolves_and_composes(monkeypatch):
             resolve_config_args(argv)  # raises: a name that is no recipe, or half of a base + method pair
             seen += 1
     assert seen > len(_RECIPE_HEADERS)  # every recipe has its command, and the docs have theirs
+
+
+def test_every_registered_method_keeps_every_argument_a_base_may_hold(tmp_path):
+    """A base names no class, so its model.init_args are PetuneModule's; a method file's class_path must keep
+    each of them (jsonargparse drops, silently, an init_arg the new class does not take)."""
+    from pl_petune.methods import METHODS
+    from pl_petune.sweep import FitParser
+
+    shared = {"backbone": "my/model", "lr": 0.123, "weight_decay": 0.2, "warmup_ratio": 0.3, "init_seed": 77,
+              "hidden_dropout": 0.2, "adam_eps": 1.0e-7, "betas": [0.8, 0.9]}
+    base = _write(tmp_path / "b.yaml", "# A base recipe: test\n" + yaml.safe_dump(
+        {"model": {"init_args": shared}, "data": {"task": "rte"}}))
+    parser = FitParser()
+    for name, cls in sorted(METHODS.items()):
+        method = _write(tmp_path / "m.yaml", f"model:\n  class_path: {cls.__module__}.{cls.__qualname__}\n")
+        cfg = flatten(to_dict(parser.parse(["fit", "--config", base, "--config", method])["fit"]))
+        got = {k: cfg.get(f"model.init_args.{k}") for k in shared}
+        assert {k: list(v) if isinstance(v, tuple) else v for k, v in got.items()} == shared, name
