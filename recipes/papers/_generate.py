@@ -175,8 +175,8 @@ def sweep_body(name: str, description: str, recipes: Iterable[Path], seeds: dict
     """A W&B grid sweep: the cells' recipe files (``config``) x the seeds; everything else is in the recipes.
 
     The command gives the cells' base recipe first (``--config <base>``); ``${args}`` renders ``--config=<cell>``
-    next (W&B sorts the keys and ``config`` sorts before every
-    dotted key here), so the seed overrides land after the recipe.
+    next (W&B sorts the keys and ``config`` sorts before every dotted key here), so the cell lands on its base
+    and the seed overrides after both.
     """
     recipes = list(recipes)
     bases = {base_of(p) for p in recipes}
