@@ -287,6 +287,8 @@ def test_every_documented_fit_command_resolves_and_composes(monkeypatch):
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".yaml":
             text = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
+        elif path.name == "reliability.md" or path.name.startswith("_rows"):  # table rows show refused commands
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("|"))
         for values in _commands(text):
             argv = ["fit"] + [t for v in values for t in ("--config", v)]
             resolve_config_args(argv)  # raises: a name that is no recipe, or half of a base + method pair
