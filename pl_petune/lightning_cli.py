@@ -281,9 +281,15 @@ def parse_only(argv: list[str]):
 
 
 def parse_only_cli(argv: list[str]) -> PetuneCLI:
-    """The CLI object :func:`parse_only` builds (its ``parser`` can then parse other argvs cheaply)."""
+    """The CLI object :func:`parse_only` builds (its ``parser`` can then parse other argvs cheaply).
+
+    Raises:
+        ConfigError: half of a base + method recipe given alone (:func:`pl_petune.packaged.check_layers`).
+    """
+    from pl_petune.packaged import check_layers
     from pl_petune.preflight import strict_yaml
 
+    check_layers(argv)  # else a lone method file would parse, silently, on the parser's defaults
     strict_yaml()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_ARGS_WARNING)

@@ -86,10 +86,10 @@ def _recipe(path: str) -> tuple[str | None, dict[str, Any], str | None, str | No
     import yaml
 
     from pl_petune.identity import method_name
-    from pl_petune.packaged import resolve_config
+    from pl_petune.packaged import recipe_data
 
     try:
-        cfg = yaml.safe_load(open(resolve_config(path), encoding="utf-8")) or {}
+        cfg = recipe_data(path)  # a method file over its base recipe, as two --config give it
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UsageError(f"--config {path!r} cannot be read as a recipe: {str(err).splitlines()[0]}") from None
     model = cfg.get("model") or {}

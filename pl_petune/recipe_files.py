@@ -30,8 +30,14 @@ def recipe_paths(argv: Iterable[str]) -> list[Path]:
 
 def check_recipe_files(argv: Iterable[str]) -> None:
     """Every recipe file of ``argv`` must be UTF-8 text (jsonargparse would raise a bare UnicodeDecodeError)
-    whose mappings give each key once (the message names the file; YAML syntax errors are left to jsonargparse)."""
+    whose mappings give each key once (the message names the file; YAML syntax errors are left to jsonargparse),
+    and no half of a base + method recipe may come alone (:func:`pl_petune.packaged.check_layers`)."""
     import yaml
+
+    from pl_petune.packaged import check_layers
+
+    argv = list(argv)
+    check_layers(argv)
 
     strict_yaml()
     from jsonargparse._loaders_dumpers import get_yaml_default_loader

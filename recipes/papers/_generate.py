@@ -1,7 +1,9 @@
 """Write the paper recipes (recipes/papers/) and their seed sweeps (sweeps/papers/) from the tables below.
 
-Every published cell is one self-contained recipe file: a header naming paper, table, cell, the published
-value and the exact command, then only the keys the run uses. The facts come from
+Every published cell is one cell file over its table's base recipe (``<table>/base.yaml``: every key all cells
+of the folder share, never the model class or the run's label): a header naming paper, table, cell, the
+published value, its base and the exact command (base first), then only the keys that differ from the base.
+Each sweep's command gives the base; its ``config`` parameter lists the cells. The facts come from
 shared/docs/REFERENCE.md (the reference code's settings, cited by section) and the published numbers from
 shared/papers/emnlp2022-petuning-seminar-deck.txt. Run from the repository root:
 
@@ -15,12 +17,15 @@ recipe is never edited by hand: a new setting is a new entry here, hence a new f
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from pl_petune.methods import PetuneModule
+from pl_petune.records import atomic_write_bytes
 from pl_petune.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +57,7 @@ def _yaml(d: dict[str, Any]) -> list[str]:
     return text.rstrip("\n").split("\n")
 
 
-KEEP = ("Command", "All 20", "The table", "The study", "The whole", "Offline:", "Online:")
+KEEP = ("Command", "Base recipe:", "All 20", "The table", "The study", "The whole", "Offline:", "Online:")
 
 
 def _wrap(text: str, width: int = 116) -> list[str]:
@@ -73,21 +78,92 @@ def _wrap(text: str, width: int = 116) -> list[str]:
     return ["# " + ln if ln else "#" for ln in lines]
 
 
+# A base names no class, so jsonargparse reads its model.init_args as PetuneModule's: only those may go there.
+COMMON_ARGS = frozenset(inspect.signature(PetuneModule.__init__).parameters) - {"self"}
+
+
+def base_of(cell: Path) -> Path:
+    """The base recipe of a cell: ``base.yaml`` in the cell's folder (one table, one protocol)."""
+    return cell.parent / "base.yaml"
+
+
+def _split(body: dict[str, Any]) -> dict[tuple[str, ...], Any]:
+    """``body`` as {(section, key): value}, with ``model.init_args`` one level deeper.
+
+    A value that is itself a mapping (``peft``, ``data.ood``) stays whole: jsonargparse replaces such a value
+    from a later ``--config`` instead of merging it, so a base never holds half of one.
+    """
+    out: dict[tuple[str, ...], Any] = {}
+    for section, value in body.items():
+        if section == "model":
+            for k, v in value.items():
+                if k == "init_args":
+                    out.update({("model", "init_args", a): b for a, b in v.items()})
+                else:
+                    out[("model", k)] = v
+        elif isinstance(value, dict):
+            out.update({(section, k): v for k, v in value.items()})
+        else:
+            out[(section,)] = value
+    return out
+
+
+def _join(items: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in items:
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
 class Out:
-    """Collects the files to write: path -> text."""
+    """Collects the files to write: path -> text. Cells of one folder share a base recipe (:meth:`finish`)."""
 
     def __init__(self) -> None:
         self.files: dict[Path, str] = {}
+        self.cells: dict[Path, list[tuple[Path, str, dict[str, Any]]]] = {}
+        self.base_headers: dict[Path, tuple[str, int]] = {}
+
+    def base(self, folder: Path, header: str, seed: int = 1111) -> None:
+        """The header of ``folder``'s base recipe (what its cells share and where it comes from), and the seed
+        of its example command."""
+        self.base_headers[folder] = (header, seed)
 
     def recipe(self, path: Path, header: str, body: dict[str, Any]) -> Path:
-        assert path not in self.files, path
-        self.files[path] = "\n".join(_wrap(header) + _yaml(body)) + "\n"
+        assert path not in self.files and all(path != p for c in self.cells.values() for p, _, _ in c), path
+        self.cells.setdefault(path.parent, []).append((path, header, body))
         return path
 
     def sweep(self, path: Path, header: str, body: dict[str, Any]) -> Path:
         assert path not in self.files, path
         self.files[path] = "\n".join(_wrap(header) + _yaml(body)) + "\n"
         return path
+
+    def finish(self) -> dict[Path, str]:
+        """Write each folder's base (every key with the same value in all its cells, never the model class, a
+        method's own argument or the run's label) and each cell as only the keys that differ from it."""
+        for folder, cells in self.cells.items():
+            split = [_split(body) for _, _, body in cells]
+            first = split[0]
+            shared = [(k, v) for k, v in first.items() if k[0] != "run" and k != ("model", "class_path")
+                      and (k[:2] != ("model", "init_args") or k[2] in COMMON_ARGS)
+                      and all(k in other and other[k] == v for other in split[1:])]
+            keys = {k for k, _ in shared}
+            base = base_of(cells[0][0])
+            header, seed = self.base_headers[folder]
+            example = cells[0][0]
+            self.files[base] = "\n".join(_wrap(
+                f"A base recipe: {header}\nIt names no method: each cell file of {folder}/ holds its method and only "
+                f"the keys that differ from this base; run the two together.\n"
+                f"Command (one cell, one seed): petune fit --config {base} --config {example} --run.seed {seed}")
+                + _yaml(_join(shared))) + "\n"
+            for (path, cell_header, _), parts in zip(cells, split):
+                own = _join((k, v) for k, v in parts.items() if k not in keys)
+                text = cell_header + f"\nBase recipe: {base} (this cell holds only what differs from it)"
+                self.files[path] = "\n".join(_wrap(text) + _yaml(own)) + "\n"
+        return self.files
 
 
 def _pm(mean: float, std: float | None, digits: int = 2) -> str:
@@ -98,9 +174,13 @@ def sweep_body(name: str, description: str, recipes: Iterable[Path], seeds: dict
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A W&B grid sweep: the cells' recipe files (``config``) x the seeds; everything else is in the recipes.
 
-    ``${args}`` renders ``--config=<recipe>`` first (W&B sorts the keys and ``config`` sorts before every
-    dotted key here), so the seed overrides land after the recipe.
+    The command gives the cells' base recipe first (``--config <base>``); ``${args}`` renders ``--config=<cell>``
+    next (W&B sorts the keys and ``config`` sorts before every dotted key here), so the cell lands on its base
+    and the seed overrides after both.
     """
+    recipes = list(recipes)
+    bases = {base_of(p) for p in recipes}
+    assert len(bases) == 1, f"{name}: one base recipe per sweep, got {sorted(map(str, bases))}"
     params: dict[str, Any] = {"config": {"values": [str(p) for p in recipes]}}
     for key, values in seeds.items():
         params[key] = {"values": list(values)} if len(values) > 1 else {"value": values[0]}
@@ -108,7 +188,7 @@ def sweep_body(name: str, description: str, recipes: Iterable[Path], seeds: dict
     assert min(params) == "config", "config must sort first so the recipe comes before the overrides"
     return {"name": name, "description": description, "program": "pl_petune", "method": "grid",
             "metric": {"name": "dev/loss", "goal": "minimize"},
-            "command": ["${env}", "${interpreter}", "-m", "pl_petune", "fit", "${args}"],
+            "command": ["${env}", "${interpreter}", "-m", "pl_petune", "fit", "--config", str(bases.pop()), "${args}"],
             "parameters": params}
 
 
@@ -259,6 +339,8 @@ def revisiting(out: Out) -> None:
     cells: dict[str, dict[tuple[str, str], Path]] = {"parity": {}, "fair": {}}
     for setting, protocol, pad in (("parity", "petuning", True), ("fair", "train_split", False)):
         sweep_path = sweeps / f"table2_{setting}.yaml"
+        out.base(base / "table2" / setting, f"{REV}, Table 2 ({setting} protocol), the settings every cell shares.\n"
+                 f"{PROTOCOL_TEXT[setting]}\n{REV_COMMON}\nAll 20 seeds of the table: petune sweep {sweep_path}")
         for task in REV_TASKS:
             for i, method in enumerate(REV_METHODS):
                 mean, std = REV_T2[task][i]
@@ -304,7 +386,7 @@ def revisiting(out: Out) -> None:
                         f"{'finetuning' if method == 'finetune' else method}/run_{task}_roberta_both.sh, REFERENCE "
                         "§1.6)" + (" except as noted below." if notes and not head_only else ".") + "\n"
                         + "\n".join(notes) + ("\n" if notes else "") + REV_COMMON + "\n"
-                        f"Command (one seed; the released scripts tie both seeds): petune fit --config {path} "
+                        f"Command (one seed; the released scripts tie both seeds): petune fit --config {base_of(path)} --config {path} "
                         f"--run.seed 1111\nAll 20 seeds of the table: petune sweep {sweep_path}")
                     out.recipe(path, header, rev_body(task, model, bs, protocol, pad, REV_COLUMN[method]))
                     cells[setting][(task, name)] = path
@@ -324,6 +406,9 @@ def revisiting(out: Out) -> None:
           "bitfit": ((70.79, 10.38), (71.3, 10.19), (66.76, 12.98), (68.2, 13.72))}
     t1_paths = []
     sweep1 = sweeps / "table1.yaml"
+    out.base(base / "table1", f"{REV}, Table 1 (RTE, the dev1/dev2 protocols, stopping on dev loss or accuracy), the "
+             f"settings every cell shares. Padding to 128 as the released code. {REV_COMMON}\n"
+             f"All 20 runs of the table: petune sweep {sweep1}")
     for method in REV_METHODS:
         model, bs, phrase = rev_model(method, REV_HP["rte"][method])
         for j, (stop, monitor) in enumerate((("loss", "dev/loss"), ("accuracy", "dev/accuracy"))):
@@ -343,7 +428,7 @@ def revisiting(out: Out) -> None:
                           f"{_pm(mean, std)} (accuracy, mean ± std over 20 runs).\n{proto}\n"
                           f"Stopping and selection metric: {monitor}. Hyper-parameters: the RTE cell of Table 2 "
                           f"({phrase}; REFERENCE §1.6); padding to 128 as the released code. {REV_COMMON}\n"
-                          f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
+                          f"Command (one seed): petune fit --config {base_of(path)} --config {path} --run.seed 1111\n"
                           f"All 20 runs of the table: petune sweep {sweep1}")
                 out.recipe(path, header, rev_body("rte", model, bs, protocol, True, REV_COLUMN[method], monitor=monitor))
                 t1_paths.append(path)
@@ -361,6 +446,9 @@ def revisiting(out: Out) -> None:
           "lora": ((63.60, 7.93), (64.60, 8.56), (66.40, 9.05)),
           "bitfit": ((58.40, 2.29), (56.00, 4.00), (56.65, 3.72))}
     t4_paths = []
+    out.base(base / "table4", f"{REV}, Table 4 (COPA, weight-init vs data-order seeds), the settings every row "
+             f"shares.\n{PROTOCOL_TEXT['parity']}\n{REV_COMMON}\nThe whole table: petune sweep {sweeps}/table4_wi.yaml, "
+             "then table4_do.yaml and table4_global.yaml")
     arms = {"wi": ("init", {"model.init_args.init_seed": PET_SEEDS, "data.data_seed": [1111]}),
             "do": ("data order", {"data.data_seed": PET_SEEDS, "model.init_args.init_seed": [1111]}),
             "global": ("global", {"run.seed": PET_SEEDS})}
@@ -378,8 +466,8 @@ def revisiting(out: Out) -> None:
                   "init_seed fixed at 1111; Global ties both (--run.seed). The released code ties them (REFERENCE "
                   f"§1.4); the fixed value 1111 is our choice.{note}\n{PROTOCOL_TEXT['parity']}\n"
                   f"Hyper-parameters: the COPA cell of Table 2 ({phrase}; REFERENCE §1.6). {REV_COMMON}\n"
-                  f"Commands (one run per arm): petune fit --config {path} --model.init_args.init_seed 2222 ; "
-                  f"petune fit --config {path} --data.data_seed 2222 ; petune fit --config {path} --run.seed 2222\n"
+                  f"Commands (one run per arm): petune fit --config {base_of(path)} --config {path} --model.init_args.init_seed 2222 ; "
+                  f"petune fit --config {base_of(path)} --config {path} --data.data_seed 2222 ; petune fit --config {base_of(path)} --config {path} --run.seed 2222\n"
                   f"The whole table: petune sweep {sweeps}/table4_wi.yaml, then table4_do.yaml and "
                   "table4_global.yaml (the three arms cannot be one grid)")
         out.recipe(path, header, rev_body("copa", model, bs, "petuning", True, REV_COLUMN[method]))
@@ -398,6 +486,8 @@ def revisiting(out: Out) -> None:
              "lora": [("small", 4), ("medium", 8), ("large", 16)]}
     scale_paths = []
     sweep_s = sweeps / "parameter_scale.yaml"
+    out.base(base / "parameter_scale", f"{REV}, parameter-scale study (Figure 5, COPA), the settings every cell "
+             f"shares.\n{PROTOCOL_TEXT['parity']}\n{REV_COMMON}\nThe study: petune sweep {sweep_s}")
     for method, sizes in scale.items():
         bs, lr = REV_HP["copa"][method][:2]
         for label, size in sizes:
@@ -418,7 +508,7 @@ def revisiting(out: Out) -> None:
                       "COPA's chosen rank).\n"
                       f"Other hyper-parameters: the COPA cell of Table 2 (bs {bs}, lr {lr:g}). "
                       f"{PROTOCOL_TEXT['parity']} {REV_COMMON}\n"
-                      f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
+                      f"Command (one seed): petune fit --config {base_of(path)} --config {path} --run.seed 1111\n"
                       f"The study: petune sweep {sweep_s}")
             out.recipe(path, header, rev_body("copa", model, bs_, "petuning", True, f"{REV_COLUMN[method]}-{label}"))
             scale_paths.append(path)
@@ -430,6 +520,8 @@ def revisiting(out: Out) -> None:
     # ---- Training-iterations study: 1k vs 2k training samples ----
     it_paths = []
     sweep_i = sweeps / "training_iterations.yaml"
+    out.base(base / "training_iterations", f"{REV}, training-iterations study (1k vs 2k training examples), the "
+             f"settings every cell shares.\n{PROTOCOL_TEXT['parity']}\n{REV_COMMON}\nThe study: petune sweep {sweep_i}")
     medium = ("rte", "mrpc", "wic", "stsb", "boolq")
     for task in medium:
         for method in REV_METHODS:
@@ -445,7 +537,7 @@ def revisiting(out: Out) -> None:
                           "below 10k); which tasks the paper sampled is not in our sources.\n"
                           f"Hyper-parameters: the {REV_ROW[task]} cell of Table 2 ({phrase}; REFERENCE §1.6). "
                           f"{PROTOCOL_TEXT['parity']} {REV_COMMON}\n"
-                          f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
+                          f"Command (one seed): petune fit --config {base_of(path)} --config {path} --run.seed 1111\n"
                           f"The study: petune sweep {sweep_i}")
                 out.recipe(path, header, rev_body(task, model, bs, "petuning", True, f"{REV_COLUMN[method]}-{n // 1000}k",
                                                   train_limit=n))
@@ -557,6 +649,7 @@ def modulewise(out: Out) -> None:
     sweeps = SWEEPS / "modulewise"
     sp1 = sweeps / "table1.yaml"
     t1_paths = []
+    out.base(base / "table1", f"{MW}, Table 1, the settings every cell shares.\n{MW_COMMON}\nThe table: petune sweep {sp1}")
     for name, (row, pct, cls, args, lr, values, mm) in MW_T1.items():
         for task, (mean, std) in zip(MW_TASKS, values):
             path = base / "table1" / f"{task}_{name}.yaml"
@@ -584,7 +677,7 @@ def modulewise(out: Out) -> None:
             header = (f"{MW}, Table 1, cell {row} ({pct} trainable) x {MW_COL[task]}: published {_pm(mean, std, 1)} "
                       f"({MW_METRIC.get(task, 'accuracy')}, mean ± std).\n" + "\n".join(notes) + ("\n" if notes else "")
                       + MW_COMMON + "\n"
-                      f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
+                      f"Command (one seed): petune fit --config {base_of(path)} --config {path} --run.seed 1111\n"
                       f"The table: petune sweep {sp1}")
             out.recipe(path, header, mw_body(task, cls, args, lr, row))
             t1_paths.append(path)
@@ -595,6 +688,8 @@ def modulewise(out: Out) -> None:
                          {"run.seed": MW_SEEDS}))
     sp3 = sweeps / "table3.yaml"
     t3_paths = []
+    out.base(base / "table3", f"{MW}, Table 3 (one layer's LayerNorms at a time), the settings every cell shares.\n"
+             f"{MW_COMMON}\nThe table: petune sweep {sp3}")
     for task, values in MW_T3.items():
         for layer, (mean, std) in enumerate(values, start=1):
             path = base / "table3" / f"{task}_layer{layer:02d}.yaml"
@@ -603,7 +698,7 @@ def modulewise(out: Out) -> None:
                       f"{layer} (model.init_args.layers [{layer - 1}], 0-based), 3,072 backbone parameters, 0.003 % "
                       "(REFERENCE §7), and the classifier; the pooler stays the pretrained one, frozen (our choice: "
                       "the paper does not say).\n" + MW_COMMON + "\n"
-                      f"Command (one seed): petune fit --config {path} --run.seed 1111\n"
+                      f"Command (one seed): petune fit --config {base_of(path)} --config {path} --run.seed 1111\n"
                       f"The table: petune sweep {sp3}")
             out.recipe(path, header, mw_body(task, "LayerNormTuning", {"variant": "all", "layers": [layer - 1]}, 1e-3,
                                                f"LayerNorms #{layer}"))
@@ -665,6 +760,8 @@ def ehft(out: Out) -> None:
     sweeps = SWEEPS / "ehft"
     sp = sweeps / "table1.yaml"
     paths = []
+    out.base(base / "table1", f"{EH}, Table 1, the settings every cell shares.\n{EH_COMMON}\n"
+             f"The table: petune sweep {sp}", seed=1)
     for name, (row, values) in EH_ROWS.items():
         for task, value in zip(EH_TASKS, values):
             epochs = EH_EPOCHS[task]
@@ -771,7 +868,7 @@ def ehft(out: Out) -> None:
                       + ("RTE is run as SuperGLUE RTE (the same examples as GLUE RTE); the reference's hub id is not "
                          "documented.\n" if task == "rte" else "")
                       + EH_COMMON + "\n"
-                      f"Command (one seed): petune fit --config {path} --run.seed 1\n"
+                      f"Command (one seed): petune fit --config {base_of(path)} --config {path} --run.seed 1\n"
                       f"The table: petune sweep {sp}")
             out.recipe(path, header, body)
             paths.append(path)
@@ -784,7 +881,7 @@ def build() -> dict[Path, str]:
     revisiting(out)
     modulewise(out)
     ehft(out)
-    return out.files
+    return out.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -800,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
                 stale.append(str(rel))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            atomic_write_bytes(path, text.encode("utf-8"))
     # Files under the generated folders that the generator no longer writes.
     for top in (RECIPES, SWEEPS):
         for path in sorted((ROOT / top).rglob("*.yaml")):

@@ -34,8 +34,10 @@ def test_callbacks_and_their_arguments_identify_a_run():
     """FT and LP-FT differ only by a HeadWarmStart callback: they must never share a run folder or store row."""
     from pl_petune.identity import run_key_for
 
-    ft = run_key_for(["fit", "--config", "recipes/analyses/rte_ood_ft.yaml"])
-    lpft = run_key_for(["fit", "--config", "recipes/analyses/rte_ood_lpft.yaml"])
-    base = ["fit", "--config", "recipes/methods/lpft.yaml"]
+    from pl_petune.packaged import config_args
+
+    ft = run_key_for(["fit", *config_args("recipes/analyses/rte_ood_ft.yaml")])
+    lpft = run_key_for(["fit", *config_args("recipes/analyses/rte_ood_lpft.yaml")])
+    base = ["fit", *config_args("recipes/methods/lpft.yaml")]
     other = run_key_for(base + ["--trainer.callbacks.init_args.stage1_lr", "0.002"])
     assert len({ft, lpft, run_key_for(base), other}) == 4

