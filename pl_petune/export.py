@@ -147,7 +147,7 @@ def load_module(record: dict[str, Any]):
     import torch
 
     cls = _method_class(record)
-    ckpt = torch.load(_checkpoint(record), map_location="cpu", weights_only=False)
+    ckpt = torch.load(_checkpoint(record), map_location="cpu", weights_only=True)
     hparams = ckpt.get("hyper_parameters") or {}
     model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})  # not LightningCLI's _instantiator
     state = ckpt["state_dict"]

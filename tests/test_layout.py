@@ -146,8 +146,9 @@ def test_a_recipe_spelling_a_callback_by_its_old_module_still_runs_it(tmp_path):
     old.write_text(text.replace("pl_petune.callbacks.Mixout", "pl_petune.callbacks.regularizers.Mixout"),
                    encoding="utf-8")
     from pl_petune.lightning_cli import parse_only
+    from pl_petune.packaged import config_args
 
-    cfg = parse_only(["fit", "--config", str(old)]).fit
+    cfg = parse_only(["fit", *config_args(str(old))]).fit
     (spec,) = cfg.trainer.callbacks
     module, _, name = spec.class_path.rpartition(".")
     assert getattr(importlib.import_module(module), name) is Mixout and spec.init_args.p == 0.7

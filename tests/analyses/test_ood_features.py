@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from pl_petune.packaged import config_args
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ OOD = json.dumps({"cb": {"task": "cb", "label_map": CB_MAP}})
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_bert, data_dir):
     tmp = tmp_path_factory.mktemp("ood")
-    argv = ["fit", "--config", str(ROOT / "recipes" / "analyses" / "rte_ood_ft.yaml"),
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "analyses" / "rte_ood_ft.yaml")),
             "--model.init_args.backbone", tiny_bert, "--model.init_args.lr", "1e-3",
             "--data.data_dir", data_dir, "--data.train_limit", "48", "--data.max_length", "48",
             "--data.ood", OOD, "--trainer.max_epochs", "2",  # the recipe attaches SaveHeadFeatures

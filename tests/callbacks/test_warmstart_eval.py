@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pl_petune.packaged import config_args
 import pytest
 
 from pl_petune.cli import main
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("recipe", ["ehft_lora", "ehft_prefix"])
 def test_petune_test_reloads_a_stage_two_checkpoint(recipe, tmp_path, tiny_bert, data_dir, capsys):
-    common = ["--config", str(ROOT / "recipes" / "methods" / f"{recipe}.yaml"),
+    common = [*config_args(str(ROOT / "recipes" / "methods" / f"{recipe}.yaml")),
               "--model.init_args.backbone", tiny_bert, "--data.data_dir", data_dir, "--data.train_limit", "48",
               "--data.max_length", "32", "--trainer.enable_progress_bar", "false"]
     assert main(["fit", *common, "--trainer.max_epochs", "3", "--run.keep_checkpoints", "true",

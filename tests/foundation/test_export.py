@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pl_petune.packaged import config_args
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _fit(tmp: Path, backbone: str, data_dir: str, recipe: str, *extra: str) -> dict:
     store = tmp / "store.sqlite"
-    argv = ["fit", "--config", str(ROOT / "recipes" / recipe), "--model.init_args.backbone", backbone,
+    argv = ["fit", *config_args(str(ROOT / "recipes" / recipe)), "--model.init_args.backbone", backbone,
             "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
             "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--run.keep_checkpoints", "true",
             "--run.out_dir", str(tmp / "runs"), "--run.store", str(store), *extra]
@@ -137,7 +138,7 @@ def _theirs_fresh(folder: Path, backbone: str, b: dict[str, torch.Tensor]) -> to
 def discarded(tmp_path_factory, tiny_bert, data_dir):
     tmp = tmp_path_factory.mktemp("discarded")
     store = tmp / "store.sqlite"
-    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "vera.yaml"), "--model.init_args.backbone", tiny_bert,
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "peft" / "vera.yaml")), "--model.init_args.backbone", tiny_bert,
             "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
             "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
             "--run.out_dir", str(tmp / "runs"), "--run.store", str(store)]
@@ -191,7 +192,7 @@ def test_export_refuses_adapterhub_layers_before_reading_a_checkpoint(recipe, ex
     """No PEFT format holds AdapterHub layers: one line naming the method and what export writes, nothing on disk,
     and no 'keep your checkpoints' detour first (the run below kept none)."""
     store = tmp_path / "store.sqlite"
-    argv = ["fit", "--config", str(ROOT / "recipes" / recipe), "--model.init_args.backbone", tiny_bert,
+    argv = ["fit", *config_args(str(ROOT / "recipes" / recipe)), "--model.init_args.backbone", tiny_bert,
             "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
             "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
             "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store), *extra]
@@ -246,7 +247,7 @@ def test_a_decoder_lora_run_exports_and_loads_with_peft_to_the_same_logits(famil
 
     backbone = decoders[family]
     store = tmp_path / "store.sqlite"
-    argv = ["fit", "--config", str(ROOT / "recipes" / "decoders" / "qwen2_lora.yaml"), "--model.init_args.backbone",
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "decoders" / "qwen2_lora.yaml")), "--model.init_args.backbone",
             backbone, "--model.init_args.peft.r", "2", "--model.init_args.lr", "1e-2",
             "--model.init_args.peft.target_modules", json.dumps(PROJECTIONS[family]),
             "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48", "--data.batch_size",

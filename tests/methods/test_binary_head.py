@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pl_petune.packaged import config_args
 import pytest
 import torch
 
@@ -48,7 +49,7 @@ def test_one_logit_refused_where_the_task_is_not_two_class(task, kind, tiny_bert
 def test_one_logit_fit_with_lbfgs_probe_end_to_end(tmp_path, tiny_bert, data_dir):
     """LP-FT's L-BFGS probe maps onto the single logit, and the fit scores and records as usual."""
     store = tmp_path / "s.sqlite"
-    assert main(["fit", "--config", str(ROOT / "recipes" / "methods" / "lpft_lbfgs.yaml"), "--data.task", "rte",
+    assert main(["fit", *config_args(str(ROOT / "recipes" / "methods" / "lpft_lbfgs.yaml")), "--data.task", "rte",
                  "--model.init_args.backbone", tiny_bert, "--model.init_args.binary_head", "one_logit",
                  "--data.data_dir", data_dir, "--data.train_limit", "48", "--data.max_length", "32",
                  "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",

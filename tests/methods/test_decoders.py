@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pl_petune.packaged import config_args
 import pytest
 import torch
 
@@ -171,7 +172,7 @@ def test_tuners_on_decoder_projections_train_exactly_their_parameters(case, fami
 
 def _fit(tmp: Path, recipe: str, backbone: str, data_dir: str, *extra: str) -> dict:
     store = tmp / "store.sqlite"
-    argv = ["fit", "--config", str(ROOT / "recipes" / "decoders" / recipe), "--model.init_args.backbone", backbone,
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "decoders" / recipe)), "--model.init_args.backbone", backbone,
             "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
             "--data.batch_size", "8", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
             "--run.out_dir", str(tmp / "runs"), "--run.store", str(store), *extra]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from pl_petune.packaged import config_args
 import pytest
 import torch
 
@@ -158,7 +159,7 @@ def test_adalora_penalty_and_rank_allocation_run_in_a_lightning_fit(tiny_bert):
 
 def _fit(tmp_path: Path, tiny_bert: str, data_dir: str, *extra: str) -> Store:
     store = tmp_path / "store.sqlite"
-    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "dora.yaml"),
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "peft" / "dora.yaml")),
             "--model.init_args.backbone", tiny_bert, "--data.data_dir", data_dir, "--data.train_limit", "48",
             "--data.max_length", "48", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
             "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store), *extra]
@@ -179,7 +180,7 @@ def test_a_preset_trains_through_petune_fit_to_a_record_under_its_name(tmp_path,
 
 
 def test_cli_refuses_a_bad_peft_argument_with_one_line(tmp_path, tiny_bert, data_dir, capsys):
-    argv = ["fit", "--config", str(ROOT / "recipes" / "peft" / "dora.yaml"), "--model.init_args.backbone", tiny_bert,
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "peft" / "dora.yaml")), "--model.init_args.backbone", tiny_bert,
             "--model.init_args.peft.use_dora", "false", "--data.data_dir", data_dir,
             "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(tmp_path / "s.sqlite")]
     assert main(argv) == 2

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pl_petune.packaged import config_args
 import pytest
 
 from pl_petune.store import Store
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _argv(tiny_bert, data_dir, out: Path, recipe: str) -> list[str]:
-    return [sys.executable, "-m", "pl_petune", "fit", "--config", str(ROOT / "recipes" / "methods" / f"{recipe}.yaml"),
+    return [sys.executable, "-m", "pl_petune", "fit", *config_args(str(ROOT / "recipes" / "methods" / f"{recipe}.yaml")),
             "--model.init_args.backbone", tiny_bert, "--data.data_dir", data_dir, "--data.train_limit", "96",
             "--data.max_length", "48", "--data.batch_size", "8", "--trainer.max_epochs", "4",
             "--early_stopping.patience", "10", "--trainer.enable_progress_bar", "false",
