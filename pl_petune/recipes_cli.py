@@ -78,8 +78,8 @@ def _copy(sources: list[tuple[Path, Path]]) -> None:
         layer, base = recipe_layer(source)
         if layer == "method" and base is not None and Path(resolve_config(base)).resolve() in moved:
             text = data.decode("utf-8")
-            data = text.replace(f"# Base recipe: {base}", f"# Base recipe: {moved[Path(resolve_config(base)).resolve()]}",
-                                1).encode("utf-8")
+            copied_base = moved[Path(resolve_config(base)).resolve()]
+            data = text.replace(f"# Base recipe: {base}", f"# Base recipe: {copied_base}", 1).encode("utf-8")
         atomic_write_bytes(target, data)
 
 
