@@ -31,8 +31,8 @@ from pl_petune.tasks import get_task
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = Path("recipes/papers")
 SWEEPS = Path("sweeps/papers")
-M = "pl_petune.methods."
-HWS = "pl_petune.callbacks.HeadWarmStart"
+METHODS = "pl_petune.methods."
+HEAD_WARM_START = "pl_petune.callbacks.HeadWarmStart"
 
 # The 20 seeds of the released multi-run scripts (REFERENCE §1.4), tied (--seed $s --model_seed $s).
 PET_SEEDS = [1111, 2222, 3333, 4444, 5555, 6666, 7777, 8888, 9999, 101010, 111111, 222222, 333333, 444444,
@@ -118,7 +118,7 @@ def _join(items: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
     return out
 
 
-class Out:
+class RecipeWriter:
     """Collects the files to write: path -> text. Cells of one folder share a base recipe (:meth:`finish`)."""
 
     def __init__(self) -> None:
@@ -291,7 +291,7 @@ def rev_model(method: str, hp: tuple, head_only: bool = False) -> tuple[dict[str
                                                                                        "warmup_ratio": 0.0}
         phrase = f"bs {bs}, lr {lr:g}"
     args = {**common, **args, "weight_decay": 0.0, "init_seed": 1111}
-    return {"class_path": M + cls, "init_args": args}, bs, phrase
+    return {"class_path": METHODS + cls, "init_args": args}, bs, phrase
 
 
 def rev_body(task: str, model: dict, bs: int, protocol: str, pad: bool, label: str, monitor: str = "dev/loss",
@@ -333,7 +333,7 @@ PROTOCOL_TEXT = {
 }
 
 
-def revisiting(out: Out) -> None:
+def revisiting(out: RecipeWriter) -> None:
     base = RECIPES / "revisiting"
     sweeps = SWEEPS / "revisiting"
     cells: dict[str, dict[tuple[str, str], Path]] = {"parity": {}, "fair": {}}
@@ -636,7 +636,7 @@ def mw_body(task: str, cls: str, args: dict, lr: float, label: str) -> dict[str,
         data["ood"] = {"mnli_mm": {"task": "mnli_mm", "label_map": {k: k for k in ("entailment", "neutral",
                                                                                     "contradiction")},
                                    "split": "dev"}}
-    return {"model": {"class_path": M + cls,
+    return {"model": {"class_path": METHODS + cls,
                       "init_args": {"backbone": "bert-base-uncased", **args, "lr": lr, "warmup_ratio": 0.06,
                                     "weight_decay": 0.0, "init_seed": 1111}},
             "data": data,
@@ -644,7 +644,7 @@ def mw_body(task: str, cls: str, args: dict, lr: float, label: str) -> dict[str,
             "early_stopping": {"monitor": "dev/loss", "patience": 5}, "run": {"name": label}}
 
 
-def modulewise(out: Out) -> None:
+def modulewise(out: RecipeWriter) -> None:
     base = RECIPES / "modulewise"
     sweeps = SWEEPS / "modulewise"
     sp1 = sweeps / "table1.yaml"
@@ -755,7 +755,7 @@ EH_COMMON = ("Shared settings (REFERENCE §3.1-3.4): roberta-large; batch 32; Ad
 EH_COMMON += " " + LABEL
 
 
-def ehft(out: Out) -> None:
+def ehft(out: RecipeWriter) -> None:
     base = RECIPES / "ehft"
     sweeps = SWEEPS / "ehft"
     sp = sweeps / "table1.yaml"
@@ -812,7 +812,7 @@ def ehft(out: Out) -> None:
                         "update; ChildTuningAdamW's betas (0.9, 0.999) and eps 1e-6 (REFERENCE §3.4)")
             elif name == "lpft":
                 cls, args = "FullFinetune", {"lr": ft_lr}
-                callbacks = [{"class_path": HWS, "init_args": {"stage1_epochs": 0.1, "stage1_lr": 1e-3,
+                callbacks = [{"class_path": HEAD_WARM_START, "init_args": {"stage1_epochs": 0.1, "stage1_lr": 1e-3,
                                                                "stage2_lr": ft_lr, "warmup_ratio": 0.1}}]
                 what = (f"LP-FT as EH-FT runs it (2step+head): stage 1 trains the head alone with AdamW at lr 1e-3 "
                         f"for 10 % of the epochs ({max(1, epochs // 10)}), stage 2 finetunes everything at "
@@ -840,7 +840,7 @@ def ehft(out: Out) -> None:
                     hws["stage1_params"] = {"include": [EH_BITFIT_BIASES], "bias_only": True}
                     hws["keep_head_bias"] = False
                     pet_what = "EH-FT's six per-layer bias types (stage1_params)"
-                callbacks = [{"class_path": HWS, "init_args": hws}]
+                callbacks = [{"class_path": HEAD_WARM_START, "init_args": hws}]
                 what = (f"EH-FT: stage 1 trains the head and {pet_what} at lr {s1_lr:g} for 10 % of the epochs "
                         f"({max(1, epochs // 10)}); at the switch the PET parameters are discarded and the backbone "
                         f"is restored to the pretrained weights; stage 2 finetunes everything at lr {ft_lr:g} with a "
@@ -849,7 +849,7 @@ def ehft(out: Out) -> None:
                     what += (". The stage-2 head keeps its stage-1 weights but re-initialises its biases "
                              "(keep_head_bias false), as the reference's BitFit path does")
             monitor = EH_MONITOR.get(task, "dev/accuracy")
-            body = {"model": {"class_path": M + cls, "init_args": {"backbone": "roberta-large", **args,
+            body = {"model": {"class_path": METHODS + cls, "init_args": {"backbone": "roberta-large", **args,
                                                                    **{k: v for k, v in common.items()
                                                                       if k != "backbone"}}},
                     "data": {"task": task, "protocol": "leaky", "data_seed": 1, "batch_size": 32,
@@ -877,7 +877,7 @@ def ehft(out: Out) -> None:
 
 
 def build() -> dict[Path, str]:
-    out = Out()
+    out = RecipeWriter()
     revisiting(out)
     modulewise(out)
     ehft(out)
