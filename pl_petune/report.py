@@ -140,22 +140,14 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _headlines(values: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        if "=" not in v:
-            if v not in HEADLINES:
-                raise UsageError(f"--headline {v!r} is neither TASK=METRIC nor a preset; "
-                                 f"presets: {', '.join(HEADLINES)}")
-            out.update(HEADLINES[v])
-        else:
-            out.update(_pairs([v], "--headline"))
-    from pl_petune.stats.core import headline_metric
+    from pl_petune.stats.headlines import parse_headline
 
-    for task, metric in out.items():
+    out: dict[str, str] = {}
+    for value in values:
         try:
-            headline_metric(task, metric)
+            out.update(parse_headline(value, flag="--headline"))
         except ValueError as err:
-            raise UsageError(f"--headline {task}={metric}: {err}") from None
+            raise UsageError(str(err)) from None
     return out
 
 

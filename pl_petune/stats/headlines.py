@@ -15,8 +15,12 @@ HEADLINES: dict[str, dict[str, str]] = {
 }
 
 
-def parse_headline(text: str) -> dict[str, str]:
+def parse_headline(text: str, flag: str = "headline") -> dict[str, str]:
     """``task -> metric`` from a preset name or comma-separated ``TASK=METRIC`` pairs (later pairs win).
+
+    Args:
+        text: what the user gave.
+        flag: how the messages name the option (``--headline`` for ``petune report``).
 
     Raises:
         ValueError: a part that is neither a preset nor ``TASK=METRIC``, an unknown task, or a metric the task
@@ -29,18 +33,21 @@ def parse_headline(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
-        raise ValueError(f"headline {text!r} names nothing; give TASK=METRIC or a preset: {', '.join(HEADLINES)}")
+        raise ValueError(f"{flag} {text!r} names nothing; give TASK=METRIC or a preset: {', '.join(HEADLINES)}")
     for part in parts:
         if "=" not in part:
             if part not in HEADLINES:
-                raise ValueError(f"headline {part!r} is neither TASK=METRIC nor a preset; presets: "
+                raise ValueError(f"{flag} {part!r} is neither TASK=METRIC nor a preset; presets: "
                                  f"{', '.join(HEADLINES)}")
             out.update(HEADLINES[part])
             continue
         task, _, metric = (s.strip() for s in part.partition("="))
         if not task or not metric:
-            raise ValueError(f"headline {part!r} is not TASK=METRIC")
-        headline_metric(task, metric)
+            raise ValueError(f"{flag} {part!r} is not TASK=METRIC")
+        try:
+            headline_metric(task, metric)
+        except ValueError as err:
+            raise ValueError(f"{flag} {task}={metric}: {err}") from None
         out[task] = metric
     return out
 
