@@ -9,7 +9,8 @@ Differences from ``lightning.pytorch.callbacks.BaseFinetuning``, each a known up
 - the callback's state holds the trainable names and the groups it added, and a resume re-applies
   ``requires_grad`` exactly (Lightning-AI/pytorch-lightning#21901) and rebuilds the groups before the
   optimizer state is loaded;
-- freezing is decided in ``setup`` (before DDP wraps the model), and every later flip re-creates the DDP
+- freezing is decided in ``setup`` (before DDP wraps the model; for a module that builds its layers in
+  ``configure_model``, right after that hook), and every later flip re-creates the DDP
   wrapper, so all ranks reduce the same gradients (Lightning-AI/pytorch-lightning#20340);
 - a group added mid-fit is also added to the scheduler, which otherwise never schedules it (F3).
 """
@@ -20,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from pl_petune.callbacks._common import (
     CallbackMisuse,
     SelectorLike,
@@ -44,8 +46,9 @@ _STEP_KEYS = ("epoch", "lr")
 class Freezing(Callback):
     r"""Freeze parameters before training and unfreeze them on a schedule.
 
-    At ``setup`` the union of ``freeze`` selectors, minus ``keep``, stops requiring grad (so
-    ``configure_optimizers`` can leave it out). At the start of each epoch listed in ``unfreeze``, the
+    At ``setup`` (right after the module's ``configure_model`` when it has one, so layers built there count)
+    the union of ``freeze`` selectors, minus ``keep``, stops requiring grad (so ``configure_optimizers`` can
+    leave it out). At the start of each epoch listed in ``unfreeze``, the
     step's parameters train again in a new param group with ``lr = step lr`` or ``lr_ratio × group 0's base
     lr``, scheduled like group 0. A parameter ``configure_optimizers`` already holds (frozen, so without
     gradient until now) moves out of its group into the new one, keeping that group's other
@@ -135,6 +138,7 @@ class Freezing(Callback):
         self._added: list[dict[str, Any]] = []  # {"step", "names", "lr"}
         self._restored: Optional[dict[str, Any]] = None
         self._module: Optional[LightningModule] = None
+        self._wrapper: Optional[Any] = None  # our stand-in for the module's configure_model until it runs
 
     @property
     @override
@@ -215,13 +219,36 @@ class Freezing(Callback):
         if stage != "fit":
             return
         check_strategy(trainer, "Freezing")
+        if not is_overridden("configure_model", pl_module):
+            self._freeze(pl_module)
+            return
+        # A module that builds (or replaces) its layers in configure_model() has them only after this hook:
+        # freeze right after that call, still before DDP wraps the model and configure_optimizers runs.
+        built = pl_module.configure_model
+
+        def configure_model_then_freeze() -> None:
+            _unwrap(pl_module, configure_model_then_freeze)
+            built()
+            self._freeze(pl_module)
+
+        pl_module.configure_model = configure_model_then_freeze  # type: ignore[method-assign]
+        self._wrapper = configure_model_then_freeze
+
+    def _freeze(self, pl_module: LightningModule) -> None:
+        """Resolve the frozen set and the unfreeze steps on the module as built, and stop their gradients."""
         frozen = self.frozen_names(pl_module)
         self._steps = self._resolve_steps(pl_module, frozen)
         frozen_set = set(frozen)
-        # decided here, before DDP wraps the model, so the wrapper registers the right parameters
+        # decided before DDP wraps the model, so the wrapper registers the right parameters
         for n, p in pl_module.named_parameters():
             if n in frozen_set:
                 p.requires_grad_(False)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._wrapper is not None:  # a fit that stopped before configure_model ran
+            _unwrap(pl_module, self._wrapper)
+            self._wrapper = None
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -313,6 +340,12 @@ class Freezing(Callback):
         return {"freezing": {"frozen_selectors": [s.describe() for s in self.freeze],  # type: ignore[union-attr]
                              "keep": [s.describe() for s in self.keep], "top_k": self.top_k,
                              "unfreeze": [{"epoch": s["epoch"], "params": len(s["names"])} for s in self._steps]}}
+
+
+def _unwrap(pl_module: nn.Module, wrapper: Any) -> None:
+    """Give the module its own ``configure_model`` back (only if ``wrapper`` still stands in for it)."""
+    if pl_module.__dict__.get("configure_model") is wrapper:
+        del pl_module.__dict__["configure_model"]
 
 
 def _as_list(value: Any, arg: str) -> list[Any]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
 
-from helpers import Interrupt, Probe, TinyModule, fit, snapshot, trainer_kwargs
+from helpers import Backbone, Interrupt, Probe, TinyModule, fit, snapshot, trainer_kwargs
 from pl_petune.callbacks import CallbackMisuse, Freezing
 
 
@@ -141,3 +141,47 @@ def test_on_full_finetune(tmp_path, tiny_bert):
     assert set(probe.trainable[0]) == top | {n for n, _ in model.named_parameters() if n.startswith("head.")}
     assert set(probe.trainable[1]) - set(probe.trainable[0]) == {
         n for n, _ in model.named_parameters() if n.startswith("backbone.encoder.layer.0.")}
+
+
+class BuiltInConfigureModel(TinyModule):
+    """A module that builds its backbone in ``configure_model`` (Lightning's hook for large models), idempotently."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        del self.backbone
+
+    def configure_model(self) -> None:
+        if not hasattr(self, "backbone"):
+            self.backbone = Backbone()
+
+
+def _lazy_run(tmp_path, callbacks=(), ckpt_path=None):
+    torch.manual_seed(0)
+    model = BuiltInConfigureModel(schedule=True)
+    freezing = Freezing(keep=[{"bias_only": True}], unfreeze=[{"epoch": 2, "include": [r"\.layer\.2\."], "lr": 1e-3}])
+    probe = Probe()
+    trainer = fit(model, [freezing, probe, ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True), *callbacks],
+                  tmp_path, max_epochs=3, ckpt_path=ckpt_path, enable_checkpointing=True)
+    return model, trainer, probe
+
+
+def test_a_backbone_built_in_configure_model_is_frozen_and_unfrozen_on_schedule(tmp_path):
+    model, trainer, probe = _lazy_run(tmp_path / "ref")
+    names = [n for n, _ in model.named_parameters()]
+    first = {n for n in names if n.startswith("head.") or n.endswith(".bias")}
+    assert set(probe.trainable[0]) == set(probe.trainable[1]) == first
+    assert set(probe.trainable[2]) == first | {n for n in names if n.startswith("backbone.layer.2.")}
+    assert all(torch.equal(probe.weights[0][n], probe.weights[1][n]) for n in names if n not in first)
+    assert not torch.equal(probe.weights[1]["backbone.layer.2.dense.weight"],
+                           probe.weights[2]["backbone.layer.2.dense.weight"])
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups][1:] == [pytest.approx(1e-3)]
+    # frozen weights never reached the optimizer: configure_optimizers ran after the freeze
+    held = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert {n for n, p in model.named_parameters() if id(p) in held} == set(probe.trainable[2])
+    assert "configure_model" not in model.__dict__  # the module's own hook is back
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _lazy_run(tmp_path / "res", [Interrupt(2)])
+    resumed, _, _ = _lazy_run(tmp_path / "res", ckpt_path="last")
+    assert [p.requires_grad for p in resumed.parameters()] == [p.requires_grad for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
