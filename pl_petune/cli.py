@@ -8,6 +8,7 @@ module and exposing ``main(argv) -> int``. Errors a user can fix end in one line
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from pl_petune.errors import PetuneError
@@ -52,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
             module, func = TOOLS[cmd].split(":")
             with one_line_usage():
-                return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+                code = int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+                sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+                return code
+    except BrokenPipeError:
+        # the reader went away (`petune runs | head`): stop quietly with the shell's SIGPIPE status
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UsageError, PetuneError) as err:
         print(f"petune {cmd}: error: {err}", file=sys.stderr)
         return 2

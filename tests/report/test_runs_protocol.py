@@ -44,3 +44,16 @@ def test_a_claimed_run_without_a_record_shows_the_planned_protocol(tmp_path, mon
     assert cli_main(["runs", "--store", str(store), "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["protocol"] == "train_split"
+
+
+def test_a_reader_that_goes_away_stops_the_tool_quietly():
+    """``petune recipes list | head -1``: the closed pipe ends the tool with SIGPIPE's status, not a traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pl_petune", "recipes", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the tool writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
