@@ -3,7 +3,8 @@
 ``load_split(spec, "train"|"dev", data_dir)`` returns a :class:`datasets.Dataset` with the task's input
 fields and an integer (or float, for regression) ``label`` column, after checking the file: it exists, is
 not empty, has the columns the task reads, every row's input fields are present and text
-(:meth:`~pl_petune.tasks.TaskSpec.row_problem`), and every label is in the task's label set. Problems raise
+(:meth:`~pl_petune.tasks.TaskSpec.row_problem`) and blank in at most 1 % of rows (a few are warned of), and
+every label is in the task's label set. Problems raise
 :class:`DataError` with one line naming the file, the row and what is wrong. TSV cells are read as text
 (a sentence ``1984`` stays the string ``"1984"``), so a TSV can only lack a field, never mistype one.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from pl_petune.errors import PetuneError
 from pl_petune.tasks import HUB_COLUMNS, TaskSpec
 
 ENV_DATA_DIR = "PETUNE_DATA_DIR"
+# the most rows of one input field that may be blank: the official QQP train has a few empty questions
+BLANK_TOLERANCE = 0.01
 SPLITS = ("train", "dev")
 
 
@@ -196,6 +200,15 @@ def _check_inputs(spec: TaskSpec, ds, where: str, row_offset: int) -> None:
         problem = spec.row_problem(row)
         if problem:
             raise DataError(f"{where}: row {i + row_offset}: {problem} (task {spec.name})")
+    for name, values in columns.items():
+        blank = [i for i, v in enumerate(values) if not v.strip()]
+        if not blank:
+            continue
+        what = (f"{where}: field {name!r} is empty in {len(blank)} of {len(values)} rows (first: row "
+                f"{blank[0] + row_offset}) (task {spec.name})")
+        if len(blank) > BLANK_TOLERANCE * len(values):  # a wrong column or a broken export, not a stray row
+            raise DataError(f"{what}; fill the text or check the file's columns")
+        warnings.warn(f"{what}; they train and score as empty text", stacklevel=2)
 
 
 def _label_index(spec: TaskSpec, value: Any, where: str, row: int) -> Any:

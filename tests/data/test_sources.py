@@ -204,3 +204,29 @@ def test_bad_row_through_the_cli_is_one_line_exit_2_and_writes_nothing(tmp_path,
     assert len(err) == 1 and "train.jsonl: row 8: field 'hypothesis' is null" in err[0]
     assert not (tmp_path / "s.sqlite").exists()
     assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
+
+
+# ---- blank text: a wrong column or a broken export trains on nothing, silently -----------------------------
+def test_a_field_blank_in_every_row_is_refused_with_its_count(tmp_path):
+    d = tmp_path / "glue" / "RTE"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text(RTE_HEADER + "0\ta\t\tentailment\n1\tc\t  \tnot_entailment\n2\te\t\tentailment\n")
+    with pytest.raises(DataError, match=r"train.tsv: field 'sentence2' is empty in 3 of 3 rows \(first: row 2\) "
+                                        r"\(task glue_rte\); fill the text") as info:
+        load_split(get_task("glue_rte"), "train", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("rows, blank, refused", [(200, 1, False), (200, 2, False), (200, 3, True), (50, 1, True)])
+def test_a_few_blank_rows_are_warned_of_more_are_refused(tmp_path, rows, blank, refused):
+    lines = [json.dumps({**ROW, "idx": i, "hypothesis": "" if i % 7 == 3 and i < 7 * blank else "h"})
+             for i in range(rows)]
+    root = _cb_dir(tmp_path, lines)
+    what = rf"field 'hypothesis' is empty in {blank} of {rows} rows \(first: row 4\)"
+    if refused:
+        with pytest.raises(DataError, match=what):
+            load_split(get_task("cb"), "train", root)
+    else:
+        with pytest.warns(UserWarning, match=what):
+            ds = load_split(get_task("cb"), "train", root)
+        assert len(ds) == rows and ds["hypothesis"].count("") == blank
