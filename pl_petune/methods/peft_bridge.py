@@ -90,7 +90,7 @@ class Peft(PetLayerMethod):
                            "\n"
                            "        **kwargs: the base module's arguments.\n")
 
-    def __init__(self, peft: Optional[Union[PeftConfig, dict[str, Any]]] = None, **kwargs: Any) -> None:
+    def __init__(self, peft: Optional[Union[dict[str, Any], PeftConfig]] = None, **kwargs: Any) -> None:
         # Plain data (weights_only checkpoints); set before the base class builds the backbone and the tuner.
         object.__setattr__(self, "_peft", peft_spec(peft, preset_of(type(self))))
         if isinstance(peft, dict) or peft is None:

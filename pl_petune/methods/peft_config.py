@@ -96,7 +96,13 @@ def _config_class(name: str) -> type:
 
     cls = getattr(peft, name, None)
     if not (isinstance(cls, type) and issubclass(cls, peft.PeftConfig)):
-        raise ConfigError(f"peft.{name} is not a PEFT config class in peft {peft.__version__}")
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        known = sorted({c.__name__ for c in PEFT_TYPE_TO_CONFIG_MAPPING.values()})
+        hint = (" (DoRA and rsLoRA are LoraConfig fields: use_dora, use_rslora)"
+                if name.lower().startswith(("dora", "rslora")) else "")
+        raise ConfigError(f"peft.{name} is not a PEFT config class in peft {peft.__version__}{hint}; known: "
+                          f"{', '.join(known)}")
     return cls
 
 
@@ -162,14 +168,15 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
     if value is None:
         value = {}
     if isinstance(value, dict) and "class_path" in value:
-        extra = sorted(set(value) - {"class_path", "init_args"})
-        if extra:
-            raise ConfigError(f"peft: {extra} beside class_path; put the PEFT arguments under peft.init_args "
-                              f"(or give peft as a plain dict of arguments)")
         cls = _config_class(str(value["class_path"]).rpartition(".")[2])
-        args = _non_default(cls, _plain(dict(value.get("init_args") or {})))
+        # A dotted override (--model.init_args.peft.r 8, or .peft.init_args.r 8: jsonargparse writes both beside
+        # class_path) is one of the config's arguments and wins over init_args, as the later value.
+        beside = {k: v for k, v in value.items() if k not in ("class_path", "init_args")}
+        given = _plain({**dict(value.get("init_args") or {}), **beside})
+        args = _non_default(cls, given)
     elif isinstance(value, dict):
         args = dict(value)
+        given = dict(args)
         ptype = args.pop("peft_type", None)
         if ptype is not None:
             cls = _config_class_for(ptype)
@@ -180,7 +187,8 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
                               "init_args: {r: 8}}, or use a preset (pl_petune.methods.DoRA, VeRA, ...)")
     elif dataclasses.is_dataclass(value):
         cls = type(value)
-        args = _non_default(cls, _plain(value))
+        given = _plain(value)  # every field: an object states each one, its defaults included
+        args = _non_default(cls, given)
     else:
         raise ConfigError(f"peft must be a PEFT config, a dict of its arguments or class_path/init_args; "
                           f"got {type(value).__name__}")
@@ -207,7 +215,9 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
         defining = {k: v[0] for k, v in tuner.fixed.items() if field_defaults.get(k) not in v}
         args = {**defining, **tuner.defaults, **args}
         for key, allowed in tuner.fixed.items():
-            got = args.get(key, _field_defaults(cls).get(key))
+            # what the user stated wins over the preset's fill-in, even a value equal to PEFT's default
+            # (use_dora: false on the DoRA preset must not train DoRA)
+            got = given[key] if key in given else args.get(key, field_defaults.get(key))
             if got not in allowed:
                 raise ConfigError(f"method {tuner.name!r}: peft.{key}={got!r} would be another tuner; allowed: "
                                   f"{', '.join(map(repr, allowed))} (see petune params --all)")

@@ -9,6 +9,7 @@ own name.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -89,8 +90,15 @@ def test_every_preset_is_a_registered_method_with_its_own_name():
     ("peft", {"r": 8}, r"name the tuner"),
     ("peft", {"peft_type": "VERA", "r": 8}, r"is method 'vera': use class_path pl_petune.methods.VeRA"),
     ("peft", {"peft_type": "LORA", "use_dora": True}, r"is method 'dora': use class_path pl_petune.methods.DoRA"),
-    ("peft", {"class_path": "peft.LoraConfig", "init_args": {"r": 4}, "lora_alpha": 32},
-     r"\['lora_alpha'\] beside class_path; put the PEFT arguments under peft.init_args"),
+    ("peft", {"class_path": "peft.LoraConfig", "init_args": {"r": 4}, "lora_alphaa": 32},
+     r"unknown argument\(s\) \['lora_alphaa'\] of peft.LoraConfig; allowed: .*lora_alpha"),
+    # a stated value equal to PEFT's default still counts: the DoRA preset must not quietly train DoRA
+    ("dora", {"class_path": "peft.LoraConfig", "init_args": {"use_dora": False}},
+     r"'dora': peft.use_dora=False would be another tuner"),
+    ("rslora", {"class_path": "peft.LoraConfig", "init_args": {"r": 4}, "use_rslora": False},
+     r"'rslora': peft.use_rslora=False would be another tuner"),
+    ("peft", {"class_path": "peft.DoRAConfig"},
+     r"peft.DoRAConfig is not a PEFT config class in peft .*use_dora.*; known: .*LoraConfig.*VeraConfig"),
     ("adalora", {}, r"peft.AdaLoraConfig: .*total_step"),
     ("oft", {"r": 4, "oft_block_size": 4}, r"peft.OFTConfig: "),
 ])
@@ -98,6 +106,14 @@ def test_bad_configs_are_refused_in_one_line_before_a_backbone_loads(method, pef
     with pytest.raises(ConfigError, match=message) as err:
         METHODS[method](task="cb", backbone="/nonexistent/backbone", peft=peft)
     assert "\n" not in str(err.value)
+
+
+def test_a_config_object_states_every_field_so_a_preset_checks_them_all():
+    import peft
+
+    with pytest.raises(ConfigError, match=r"'dora': peft.use_dora=False would be another tuner"):
+        METHODS["dora"](task="cb", backbone="/nonexistent/backbone", peft=peft.LoraConfig(r=2))
+    assert peft_spec(peft.LoraConfig(r=2, use_dora=True), TUNERS["dora"])["use_dora"] is True
 
 
 def test_targets_that_match_nothing_are_refused(tiny_bert):
@@ -329,3 +345,43 @@ def test_train_pooler_trains_the_pooler_under_a_peft_tuner(tiny_bert):
     assert all(not torch.equal(model.get_parameter(n), before[n]) for n in pooler)
     frozen = METHODS["peft_lora"](task="cb", backbone=tiny_bert, head="pooler_linear", peft={"r": 2})
     assert not {n for n in frozen.trainable_names() if ".pooler." in n}
+
+
+# ---- the same configs as a user gives them: on the command line, over a recipe that already has a peft dict ----
+@pytest.mark.parametrize("recipe, overrides, message", [
+    ("peft", ["{peft_type: LORAX}"], r"unknown peft_type 'LORAX'; known: .*VERA"),
+    ("peft", ["{class_path: peft.DoRAConfig}"], r"peft.DoRAConfig is not a PEFT config class .*known: .*LoraConfig"),
+    ("peft", ["{class_path: peft.LoraConfig, init_args: {r: 4, use_dora: true}}"],
+     r"is method 'dora': use class_path pl_petune.methods.DoRA"),
+    ("dora", ["{class_path: peft.LoraConfig, init_args: {use_dora: false}}"],
+     r"'dora': peft.use_dora=False would be another tuner"),
+    ("peft", ["{class_path: peft.TrainableTokensConfig, init_args: {token_indices: [0]}}",
+              "--model.init_args.peft.init_args.tokn_indices", "[1]"],
+     r"unknown argument\(s\) \['tokn_indices'\] of peft.TrainableTokensConfig"),
+    ("vera", ["{r: 8}", "--model.init_args.peft.task_type", "SEQ_CLS"], r"task_type 'SEQ_CLS': the bridge sets"),
+])
+def test_bad_configs_on_the_command_line_get_the_same_one_line_refusal(recipe, overrides, message, tmp_path,
+                                                                      tiny_bert, data_dir, capsys):
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "peft" / f"{recipe}.yaml")), "--model.init_args.backbone",
+            tiny_bert, "--data.data_dir", data_dir, "--run.out_dir", str(tmp_path / "runs"),
+            "--run.store", str(tmp_path / "store.sqlite"), "--model.init_args.peft", *overrides]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "store.sqlite").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_class_path_config_over_a_recipe_dict_with_a_dotted_override(tmp_path, tiny_bert, data_dir):
+    """The recipe's peft is a plain dict; the command line replaces it with the class_path form and then sets
+    one of its arguments: the run trains exactly that config (the override wins over init_args)."""
+    store = tmp_path / "store.sqlite"
+    argv = ["fit", *config_args(str(ROOT / "recipes" / "peft" / "peft.yaml")), "--model.init_args.backbone", tiny_bert,
+            "--model.init_args.peft", "{class_path: peft.TrainableTokensConfig, init_args: {token_indices: [5], "
+            "target_modules: [word_embeddings]}}", "--model.init_args.peft.init_args.token_indices", "[101, 102]",
+            "--data.data_dir", data_dir, "--data.train_limit", "32", "--data.max_length", "48",
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+            "--run.out_dir", str(tmp_path / "runs"), "--run.store", str(store)]
+    assert main(argv) == 0
+    (rec,) = Store(store).records()
+    assert rec["extra"]["peft_config"] == {"peft_type": "TRAINABLE_TOKENS", "token_indices": [101, 102],
+                                           "target_modules": ["word_embeddings"]}
