@@ -214,6 +214,8 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
         field_defaults = _field_defaults(cls)
         defining = {k: v[0] for k, v in tuner.fixed.items() if field_defaults.get(k) not in v}
         args = {**defining, **tuner.defaults, **args}
+        # a value the user stated beats the preset's default, even one equal to PEFT's (C3A block_size: 256)
+        args.update({k: given[k] for k in tuner.defaults if k in given})
         for key, allowed in tuner.fixed.items():
             # what the user stated wins over the preset's fill-in, even a value equal to PEFT's default
             # (use_dora: false on the DoRA preset must not train DoRA)

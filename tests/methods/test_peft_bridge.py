@@ -108,6 +108,14 @@ def test_bad_configs_are_refused_in_one_line_before_a_backbone_loads(method, pef
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("peft", [{"class_path": "peft.C3AConfig", "init_args": {"block_size": 256}},
+                                  {"block_size": 256}, {"peft_type": "C3A", "block_size": 256}])
+def test_a_stated_value_beats_the_presets_default_even_at_pefts_default(peft):
+    """C3A's preset default is block_size 16; PEFT's is 256. Stating 256 must train 256, in every spelling."""
+    assert peft_spec(peft, TUNERS["c3a"])["block_size"] == 256
+    assert peft_spec({}, TUNERS["c3a"])["block_size"] == 16
+
+
 def test_a_config_object_states_every_field_so_a_preset_checks_them_all():
     import peft
 
