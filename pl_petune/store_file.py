@@ -31,14 +31,7 @@ class StoreError(PetuneError, RuntimeError):
 class StoreFile:
     """The SQLite file of a results store at ``path``: opened (checked, or created unless ``readonly``).
 
-    Args:
-        path: the SQLite file.
-        timeout: seconds to wait for another writer's lock.
-        readonly: refuse every write (and a missing file) instead of creating the store.
-
-    Raises:
-        StoreError: the file is empty, not a pl_petune store, or was written by a newer schema; with
-            ``readonly``, a missing file.
+    Its arguments and errors are :class:`~pl_petune.store.Store`'s, which opens its file through this class.
     """
 
     def __init__(self, path: Path, timeout: float, readonly: bool) -> None:

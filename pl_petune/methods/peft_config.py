@@ -213,13 +213,13 @@ def peft_spec(value: Any, tuner: Optional[Tuner] = None) -> dict[str, Any]:
                               f"(use pl_petune.methods.Peft for another tuner)")
         field_defaults = _field_defaults(cls)
         defining = {k: v[0] for k, v in tuner.fixed.items() if field_defaults.get(k) not in v}
-        args = {**defining, **tuner.defaults, **args}
-        # a value the user stated beats the preset's default, even one equal to PEFT's (C3A block_size: 256)
-        args.update({k: given[k] for k in tuner.defaults if k in given})
+        # The preset fills in its defining fields and defaults; a value the user stated wins, even one equal to
+        # PEFT's default that ``_non_default`` left out of ``args`` (use_dora: false on the DoRA preset must be
+        # refused, C3A's block_size: 256 must not become the preset's 16).
+        stated = {k: given[k] for k in (*tuner.fixed, *tuner.defaults) if k in given}
+        args = {**defining, **tuner.defaults, **args, **stated}
         for key, allowed in tuner.fixed.items():
-            # what the user stated wins over the preset's fill-in, even a value equal to PEFT's default
-            # (use_dora: false on the DoRA preset must not train DoRA)
-            got = given[key] if key in given else args.get(key, field_defaults.get(key))
+            got = args.get(key, field_defaults.get(key))
             if got not in allowed:
                 raise ConfigError(f"method {tuner.name!r}: peft.{key}={got!r} would be another tuner; allowed: "
                                   f"{', '.join(map(repr, allowed))} (see petune params --all)")
