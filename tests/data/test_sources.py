@@ -230,3 +230,22 @@ def test_a_few_blank_rows_are_warned_of_more_are_refused(tmp_path, rows, blank, 
         with pytest.warns(UserWarning, match=what):
             ds = load_split(get_task("cb"), "train", root)
         assert len(ds) == rows and ds["hypothesis"].count("") == blank
+
+
+def test_a_blank_column_through_the_cli_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert, monkeypatch,
+                                                                              capsys):
+    from pl_petune.cli import main
+
+    rows = [json.dumps({**ROW, "hypothesis": "", "label": lab, "idx": i}) for i, lab in
+            enumerate(["entailment", "contradiction", "neutral"] * 10)]
+    root = _cb_dir(tmp_path, rows)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs"
+    rc = main(["fit", "--config", str(Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"),
+               "--model.init_args.backbone", tiny_bert, "--data.data_dir", str(root), "--run.out_dir", str(out),
+               "--run.store", str(tmp_path / "s.sqlite")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "train.jsonl: field 'hypothesis' is empty in 30 of 30 rows (first: row 1)" in err[0]
+    assert not (tmp_path / "s.sqlite").exists()
+    assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
